@@ -1,0 +1,20 @@
+"""Exercise checks for every chapter: ``checks.<name>(answer)``.
+
+Each check prints ``Correct: ...`` and returns True, or raises
+:class:`CheckFailed` (a subclass of AssertionError) that says in plain words
+what is wrong, on which input, and what was expected.
+
+Chapter modules register their checks here by name (one import line each).
+"""
+
+from ._core import CheckFailed, NotAnswered
+from .formats import check_decode, check_fp16_max, check_round_toy, check_format_limits
+
+__all__ = [
+    "CheckFailed",
+    "NotAnswered",
+    "check_decode",
+    "check_fp16_max",
+    "check_round_toy",
+    "check_format_limits",
+]
