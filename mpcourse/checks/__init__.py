@@ -8,7 +8,8 @@ Chapter modules register their checks here by name (one import line each).
 """
 
 from ._core import CheckFailed, NotAnswered
-from .formats import check_decode, check_fp16_max, check_round_toy, check_format_limits
+from .formats import check_decode, check_format_limits, check_fp16_max, check_round_toy
+from .setup import check_amp_choice, check_nbytes
 
 __all__ = [
     "CheckFailed",
@@ -17,4 +18,6 @@ __all__ = [
     "check_fp16_max",
     "check_round_toy",
     "check_format_limits",
+    "check_amp_choice",
+    "check_nbytes",
 ]

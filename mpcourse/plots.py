@@ -1,0 +1,115 @@
+"""Figures for the float formats: bit layouts, where the values lie, their spacing.
+
+Each function draws on a new (or given) matplotlib Axes and returns it, so a
+notebook cell can add to it or just call ``plt.show()``.
+
+Taught in course/01_float_formats.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
+
+from .formats import FORMATS, FloatFormat, round_to
+
+COLORS = {"sign": "#e76f51", "exponent": "#2a9d8f", "mantissa": "#457b9d"}
+
+
+def _axes(ax: Axes | None, size: tuple[float, float]) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=size)
+    return ax
+
+
+def plot_bit_layouts(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None = None) -> Axes:
+    """One row per format: a box per bit, coloured sign / exponent / mantissa."""
+    ax = _axes(ax, (11, 0.55 * len(formats) + 0.8))
+    for row, fmt in enumerate(formats):
+        y = len(formats) - 1 - row
+        kinds = ["sign"] + ["exponent"] * fmt.exponent_bits + ["mantissa"] * fmt.mantissa_bits
+        for i, kind in enumerate(kinds):
+            ax.add_patch(Rectangle((i, y + 0.1), 0.92, 0.8, color=COLORS[kind]))
+        ax.text(-0.5, y + 0.5, fmt.name, ha="right", va="center", fontsize=10)
+        ax.text(fmt.bits + 0.4, y + 0.5, f"1 + {fmt.exponent_bits} + {fmt.mantissa_bits} = "
+                f"{fmt.bits} bits", va="center", fontsize=9)
+    for kind, color in COLORS.items():
+        ax.add_patch(Rectangle((0, 0), 0, 0, color=color, label=kind))
+    ax.set_xlim(-5, 40)
+    ax.set_ylim(-0.2, len(formats) + 0.2)
+    ax.axis("off")
+    ax.legend(loc="lower right", ncol=1, frameon=False, fontsize=9)
+    ax.set_title("Bit layouts (most significant bit on the left)")
+    return ax
+
+
+def representable_values(fmt: FloatFormat, lo: float, hi: float) -> torch.Tensor:
+    """Every positive finite value of ``fmt`` in ``[lo, hi]`` (small formats only)."""
+    if fmt.bits > 16:
+        raise ValueError(f"{fmt.name} has too many values to enumerate; use a format of <= 16 bits")
+    count = 2 ** (fmt.exponent_bits + fmt.mantissa_bits)
+    exponent = torch.arange(count) // 2**fmt.mantissa_bits
+    fraction = (torch.arange(count) % 2**fmt.mantissa_bits).double() / 2**fmt.mantissa_bits
+    values = torch.where(
+        exponent == 0,
+        fraction * 2.0**fmt.emin,
+        (1 + fraction) * torch.exp2((exponent - fmt.bias).double()),
+    )
+    values = values[(values <= fmt.max) & (values >= lo) & (values <= hi)]
+    return values
+
+
+def plot_number_line(fmt: FloatFormat, lo: float = 0.0, hi: float = 8.0, ax: Axes | None = None) -> Axes:
+    """Tick marks at every representable value of ``fmt`` between ``lo`` and ``hi``."""
+    ax = _axes(ax, (11, 1.4))
+    values = representable_values(fmt, lo, hi)
+    ax.vlines(values.numpy(), 0, 1, linewidth=0.8, color=COLORS["mantissa"])
+    for p in range(math.ceil(math.log2(max(lo, fmt.min_subnormal))), math.floor(math.log2(hi)) + 1):
+        ax.axvline(2.0**p, ymin=0, ymax=1, color=COLORS["sign"], linewidth=1.2)
+    ax.set_yticks([])
+    ax.set_xlim(lo, hi)
+    ax.set_title(f"{fmt.name}: {len(values)} values in [{lo:g}, {hi:g}]; red lines at powers "
+                 "of two: each binade holds the same count, so spacing doubles")
+    return ax
+
+
+def plot_spacing(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None = None) -> Axes:
+    """Spacing between neighbouring values (one ulp) against magnitude, log-log, per format."""
+    ax = _axes(ax, (9, 4.5))
+    for fmt in formats:
+        lo = math.log2(fmt.min_subnormal)
+        hi = math.log2(fmt.max)
+        x = torch.exp2(torch.linspace(lo, hi, 2000, dtype=torch.float64))
+        x = round_to(x, fmt).double().unique()
+        x = x[torch.isfinite(x) & (x > 0)]
+        e = torch.clamp(torch.floor(torch.log2(x)), min=fmt.emin)
+        ulp = torch.exp2(e - fmt.mantissa_bits)
+        ax.step(x.numpy(), ulp.numpy(), where="post", label=fmt.name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("|x|")
+    ax.set_ylabel("gap to the next value (ulp)")
+    ax.set_title("Precision: the gap grows with |x| (flat on the left: subnormals)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_ranges(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None = None) -> Axes:
+    """Horizontal bars: subnormal range, normal range, on a log2 axis."""
+    ax = _axes(ax, (9, 0.5 * len(formats) + 1))
+    for row, fmt in enumerate(formats):
+        y = len(formats) - 1 - row
+        sub, norm, top = (math.log2(fmt.min_subnormal), fmt.emin, math.log2(fmt.max))
+        ax.barh(y, norm - sub, left=sub, color="#bbbbbb", label="subnormal" if row == 0 else None)
+        ax.barh(y, top - norm, left=norm, color=COLORS["exponent"],
+                label="normal" if row == 0 else None)
+    ax.set_yticks(range(len(formats)), [f.name for f in reversed(formats)])
+    ax.set_xlabel("log2 |x|")
+    ax.set_title("Range of each format (powers of two)")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax

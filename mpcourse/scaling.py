@@ -1,0 +1,463 @@
+"""Loss scaling from scratch: a static and a dynamic loss scaler.
+
+FP16 gradients smaller than 2^-24 flush to zero. Loss scaling multiplies the
+loss by ``S`` before ``backward()``, so every gradient is computed as
+``S * g`` (shifted up the FP16 range by ``log2(S)`` binades), then divides the
+FP32 gradients by ``S`` before the optimizer uses them:
+
+    backward(S * loss)  ->  grads S*g  ->  g = (S*g) * (1/S)  ->  optimizer.step()
+
+If ``S * g`` overflowed (inf or NaN anywhere), the step is skipped. The
+dynamic scaler then halves ``S`` (backoff) and doubles it again after
+``growth_interval`` clean steps in a row (growth)::
+
+    overflow:  S <- S * backoff_factor,  tracker <- 0
+    clean:     tracker <- tracker + 1; if tracker == growth_interval:
+                   S <- S * growth_factor (only if that is finite in FP32), tracker <- 0
+
+:class:`DynamicLossScaler` has the observable behaviour of
+``torch.amp.GradScaler`` on one device: same defaults, same scale
+trajectory, same skipped steps, bit-identical parameters, same ``state_dict``
+and the same exception types on misuse (with messages that say what to do).
+It keeps GradScaler's state machine per optimizer: READY -> (``unscale_``)
+UNSCALED -> (``step``) STEPPED -> (``update``) READY. Deliberate differences:
+nonsensical settings (a scale that is not positive and finite, a growth
+interval < 1) are refused up front, ``update(new_scale)`` also accepts an int,
+and ``skipped_steps`` counts the skipped optimizer steps.
+
+Taught in course/05_loss_scaling.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import abc, defaultdict
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+__all__ = [
+    "OptState",
+    "ScalerUsageError",
+    "ScalerConfigError",
+    "next_scale",
+    "unscale_grads_",
+    "DynamicLossScaler",
+    "StaticLossScaler",
+]
+
+
+class OptState(Enum):
+    """Where one optimizer is in the current iteration (the names torch.amp uses)."""
+
+    READY = 0
+    UNSCALED = 1
+    STEPPED = 2
+
+
+class ScalerUsageError(RuntimeError, AssertionError):
+    """Scaler methods called in the wrong order.
+
+    A RuntimeError *and* an AssertionError: GradScaler raises one or the other
+    for the same mistakes, so code that catches GradScaler's errors catches ours.
+    """
+
+
+class ScalerConfigError(ValueError, AssertionError):
+    """A scaler setting is out of range (GradScaler raises AssertionError for these)."""
+
+
+def _fp32(x: float) -> float:
+    """Round a Python float (FP64) to the nearest FP32 value, as a C++ float cast does."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:  # finite in FP64 but beyond FP32's range
+        return math.copysign(math.inf, x)
+
+
+def next_scale(
+    scale: float,
+    growth_tracker: int,
+    found_inf: bool,
+    *,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+    growth_interval: int = 2000,
+) -> tuple[float, int]:
+    """One dynamic-scaling update: return ``(new_scale, new_growth_tracker)``.
+
+    Overflow: ``S' = fp32(S * backoff_factor)``, tracker reset to 0.
+    Clean step: ``t' = t + 1``; when ``t' == growth_interval`` the scale grows,
+    ``S' = fp32(S * growth_factor)`` (kept at ``S`` if that is inf in FP32) and
+    ``t' = 0``. Products are taken in FP64 and rounded to FP32, exactly as
+    torch's ``_amp_update_scale_`` kernel does.
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
+    if found_inf:
+        return _fp32(scale * backoff_factor), 0
+    successful = growth_tracker + 1
+    if successful == growth_interval:
+        grown = _fp32(scale * growth_factor)
+        return (grown if math.isfinite(grown) else scale), 0
+    return scale, successful
+
+
+def unscale_grads_(
+    grads: list[torch.Tensor], inv_scale: torch.Tensor, found_inf: torch.Tensor, *, fused: bool = True
+) -> None:
+    """``g <- g * inv_scale`` in place for every ``g``; ``found_inf <- 1`` if any value is inf/NaN.
+
+    ``inv_scale`` and ``found_inf`` are one-element FP32 tensors on the
+    gradients' device. ``fused=False`` is the readable loop (one check and one
+    multiply per tensor); ``fused=True`` (the default) makes one call per dtype
+    to ``torch._amp_foreach_non_finite_check_and_unscale_``, the multi-tensor
+    kernel GradScaler uses: same result, far fewer Python round trips.
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
+    if not fused:
+        for g in grads:
+            if not bool(torch.isfinite(g).all()):
+                found_inf.fill_(1.0)
+            g.mul_(inv_scale)
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = defaultdict(list)
+    for g in grads:
+        by_dtype[g.dtype].append(g)
+    for group in by_dtype.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found_inf, inv_scale)
+
+
+@dataclass
+class _PerOptimizer:
+    """What the scaler knows about one optimizer during the current iteration."""
+
+    stage: OptState = OptState.READY
+    found_inf: dict[torch.device, torch.Tensor] = field(default_factory=dict)  # one per device
+
+
+class DynamicLossScaler:
+    """Dynamic loss scaling, written to be read; behaves like ``torch.amp.GradScaler``.
+
+    Use it exactly like GradScaler::
+
+        scaler.scale(loss).backward()   # grads are S * g
+        scaler.unscale_(optimizer)      # optional: grads are g (e.g. to clip them)
+        scaler.step(optimizer)          # skipped if any grad is inf/NaN
+        scaler.update()                 # S shrinks after an overflow, grows after clean runs
+
+    ``enabled=False`` turns every method into a pass-through.
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        enabled: bool = True,
+    ) -> None:
+        self._enabled = bool(enabled)
+        if self._enabled:
+            if not growth_factor > 1.0:
+                raise ScalerConfigError(f"The growth factor must be > 1.0, got {growth_factor!r}.")
+            if not 0.0 < backoff_factor < 1.0:
+                raise ScalerConfigError(
+                    f"The backoff factor must be in (0, 1), got {backoff_factor!r}."
+                )
+            if isinstance(growth_interval, bool) or not isinstance(growth_interval, int):
+                raise TypeError(f"growth_interval must be an int, got {growth_interval!r}.")
+            if growth_interval < 1:
+                raise ScalerConfigError(f"growth_interval must be >= 1, got {growth_interval}.")
+            _check_scale(init_scale, "init_scale")
+        self._init_scale = float(init_scale)
+        self._growth_factor = float(growth_factor)
+        self._backoff_factor = float(backoff_factor)
+        self._growth_interval = growth_interval
+        self._growth_tracker = 0
+        self._scale: torch.Tensor | None = None  # 0-dim FP32 tensor, created by the first scale()
+        self._states: dict[int, _PerOptimizer] = defaultdict(_PerOptimizer)
+        self.skipped_steps = 0
+
+    # -- the four calls of a training step -------------------------------------------------
+    def scale(self, outputs: Any) -> Any:
+        """Return ``outputs * S``: a tensor, or a list/tuple/iterable of tensors (nested)."""
+        if not self._enabled:
+            return outputs
+
+        def apply(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value * self._scale_on(value.device)
+            if isinstance(value, abc.Iterable):
+                scaled = map(apply, value)
+                return type(value)(scaled) if isinstance(value, (list, tuple)) else scaled
+            raise ValueError(
+                f"outputs must be a Tensor or an iterable of Tensors, got {type(value).__name__}"
+            )
+
+        return apply(outputs)
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the optimizer's gradients by ``S`` in place and record whether any is inf/NaN."""
+        if not self._enabled:
+            return
+        scale = self._require_scale("unscale_")
+        state = self._states[id(optimizer)]
+        if state.stage is OptState.UNSCALED:
+            raise ScalerUsageError(
+                "unscale_() has already been called on this optimizer since the last update(): "
+                "call it at most once per iteration, between backward() and step()."
+            )
+        if state.stage is OptState.STEPPED:
+            raise ScalerUsageError(
+                "unscale_() is being called after step(): call unscale_() before step(), "
+                "and update() once at the end of the iteration."
+            )
+        inv_scale = scale.double().reciprocal().float()  # 1/S in FP64, then rounded, like torch
+        state.found_inf = self._check_and_unscale(optimizer, inv_scale, allow_fp16=False)
+        state.stage = OptState.UNSCALED
+
+    def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        """Unscale (unless done), then run ``optimizer.step(*args, **kwargs)`` if all grads are
+        finite and return its value; return None (skipping the step) otherwise."""
+        if not self._enabled:
+            return optimizer.step(*args, **kwargs)
+        if "closure" in kwargs:
+            raise RuntimeError(
+                "Closure use is not currently supported if the loss scaler is enabled: "
+                "compute the loss and backward() yourself, then call scaler.step(optimizer)."
+            )
+        self._require_scale("step")
+        state = self._states[id(optimizer)]
+        if state.stage is OptState.STEPPED:
+            raise ScalerUsageError(
+                "step() has already been called since the last update(): call "
+                "scaler.update() at the end of each iteration, before the next step()."
+            )
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            return self._fused_step(optimizer, state, *args, **kwargs)
+        if state.stage is OptState.READY:
+            self.unscale_(optimizer)
+        if not state.found_inf:
+            raise ScalerUsageError(
+                "No inf checks were recorded for this optimizer: none of its parameters has a "
+                ".grad. Call scaler.scale(loss).backward() before scaler.step(optimizer)."
+            )
+        retval = None
+        if not sum(v.item() for v in state.found_inf.values()):
+            retval = optimizer.step(*args, **kwargs)
+        else:
+            self.skipped_steps += 1
+        state.stage = OptState.STEPPED
+        return retval
+
+    def update(self, new_scale: float | torch.Tensor | None = None) -> None:
+        """End the iteration: apply :func:`next_scale` (or set ``new_scale``) and reset the
+        per-optimizer states."""
+        if not self._enabled:
+            return
+        scale = self._require_scale("update")
+        if new_scale is not None:
+            if isinstance(new_scale, (int, float)) and not isinstance(new_scale, bool):
+                scale.fill_(float(new_scale))
+            else:
+                ok = (
+                    isinstance(new_scale, torch.Tensor)
+                    and new_scale.device.type == scale.device.type
+                    and new_scale.numel() == 1
+                    and not new_scale.requires_grad
+                )
+                if not ok:
+                    raise ScalerConfigError(
+                        "new_scale should be a float or a 1-element tensor on the scale's device "
+                        f"({scale.device.type}) with requires_grad=False, got {new_scale!r}: "
+                        "pass e.g. update(1024.0), or update() to let the scaler decide."
+                    )
+                scale.copy_(new_scale)
+        else:
+            found = [f for s in self._states.values() for f in s.found_inf.values()]
+            if not found:
+                raise ScalerUsageError(
+                    "No inf checks were recorded prior to update(): call "
+                    "scaler.step(optimizer) for each optimizer before scaler.update()."
+                )
+            self._update_scale(bool(sum(f.item() for f in found)))
+        self._states = defaultdict(_PerOptimizer)
+
+    # -- the algorithm ---------------------------------------------------------------------
+    def _update_scale(self, found_inf: bool) -> None:
+        assert self._scale is not None
+        new, self._growth_tracker = next_scale(
+            self._scale.item(),
+            self._growth_tracker,
+            found_inf,
+            growth_factor=self._growth_factor,
+            backoff_factor=self._backoff_factor,
+            growth_interval=self._growth_interval,
+        )
+        self._scale.fill_(new)
+
+    def _scale_on(self, device: torch.device) -> torch.Tensor:
+        if self._scale is None:  # lazily, on the device of the first scaled output
+            self._scale = torch.full((), self._init_scale, dtype=torch.float32, device=device)
+        return self._scale.to(device=device, non_blocking=True)
+
+    def _require_scale(self, funcname: str) -> torch.Tensor:
+        if self._scale is None:
+            raise ScalerUsageError(
+                f"Attempted {funcname}() before any scale(): the scale is created by the first "
+                "scaler.scale(loss). Call scaler.scale(loss).backward() earlier in the iteration."
+            )
+        return self._scale
+
+    def _check_and_unscale(
+        self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor, allow_fp16: bool
+    ) -> dict[torch.device, torch.Tensor]:
+        per_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    grad = param.grad
+                    if grad is None:
+                        continue
+                    if not allow_fp16 and grad.dtype == torch.float16:
+                        raise ValueError(
+                            "Attempting to unscale FP16 gradients: the optimizer holds float16 "
+                            f"parameters (shape {tuple(param.shape)}). Keep the parameters an "
+                            "optimizer updates in float32: use autocast (not model.half()), or "
+                            "FP32 master weights (mpcourse.master.MasterWeights)."
+                        )
+                    per_device[grad.device].append(grad._values() if grad.is_sparse else grad)
+            found_inf = {}
+            for device, grads in per_device.items():
+                found_inf[device] = torch.zeros((), dtype=torch.float32, device=device)
+                unscale_grads_(grads, inv_scale.to(device), found_inf[device])
+        return found_inf
+
+    def _fused_step(
+        self, optimizer: torch.optim.Optimizer, state: _PerOptimizer, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Optimizers built with ``fused=True`` unscale and skip inside their own kernel: they
+        read ``optimizer.grad_scale`` and ``optimizer.found_inf`` (GradScaler's contract)."""
+        scale = self._require_scale("step")
+        if state.stage is OptState.READY:  # only look for inf/NaN (inv_scale 1)
+            one = torch.ones((), dtype=torch.float32, device=scale.device)
+            state.found_inf = self._check_and_unscale(optimizer, one, allow_fp16=True)
+        found_inf = sum(f.to(scale.device) for f in state.found_inf.values())
+        optimizer.grad_scale = (  # type: ignore[attr-defined]
+            getattr(optimizer, "grad_scale", None)
+            if state.stage is OptState.UNSCALED
+            else scale * getattr(optimizer, "grad_scale", 1)
+        )
+        optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+        retval = optimizer.step(*args, **kwargs)
+        if float(found_inf):
+            self.skipped_steps += 1
+        state.stage = OptState.STEPPED
+        del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
+        return retval
+
+    # -- inspection and checkpoints ------------------------------------------------------
+    def get_scale(self) -> float:
+        """The current scale as a Python float (1.0 when disabled)."""
+        if not self._enabled:
+            return 1.0
+        return self._init_scale if self._scale is None else self._scale.item()
+
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def get_growth_factor(self) -> float:
+        return self._growth_factor
+
+    def set_growth_factor(self, new_factor: float) -> None:
+        self._growth_factor = new_factor
+
+    def get_backoff_factor(self) -> float:
+        return self._backoff_factor
+
+    def set_backoff_factor(self, new_factor: float) -> None:
+        self._backoff_factor = new_factor
+
+    def get_growth_interval(self) -> int:
+        return self._growth_interval
+
+    def set_growth_interval(self, new_interval: int) -> None:
+        self._growth_interval = new_interval
+
+    def state_dict(self) -> dict[str, Any]:
+        """GradScaler's five entries (``{}`` when disabled); save it after ``update()``."""
+        if not self._enabled:
+            return {}
+        return {
+            "scale": self.get_scale(),
+            "growth_factor": self._growth_factor,
+            "backoff_factor": self._backoff_factor,
+            "growth_interval": self._growth_interval,
+            "_growth_tracker": self._growth_tracker,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (a no-op when disabled)."""
+        if not self._enabled:
+            return
+        if len(state_dict) == 0:
+            raise RuntimeError(
+                "The source state dict is empty, possibly because it was saved from a disabled "
+                "scaler; save the state_dict of an enabled scaler after update()."
+            )
+        missing = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+        missing -= set(state_dict)
+        if missing:
+            raise KeyError(f"scaler state_dict lacks {sorted(missing)}; pass scaler.state_dict()")
+        self._init_scale = float(state_dict["scale"])
+        if self._scale is not None:
+            self._scale.fill_(state_dict["scale"])
+        self._growth_factor = float(state_dict["growth_factor"])
+        self._backoff_factor = float(state_dict["backoff_factor"])
+        self._growth_interval = int(state_dict["growth_interval"])
+        self._growth_tracker = int(state_dict["_growth_tracker"])
+
+
+class StaticLossScaler(DynamicLossScaler):
+    """A fixed loss scale ``S``: same methods and checks as :class:`DynamicLossScaler`.
+
+    A step whose gradients hold inf/NaN is still skipped (the weights stay
+    clean), but ``S`` never changes: a scale that is too large overflows, and
+    skips, on every step, and training stalls. ``update(new_scale)`` sets it.
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
+
+    def __init__(self, scale: float, enabled: bool = True) -> None:
+        if enabled:
+            _check_scale(scale, "scale")
+        super().__init__(init_scale=scale, enabled=enabled)
+
+    def _update_scale(self, found_inf: bool) -> None:
+        return None  # static: the scale stays where it was set
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.get_scale()} if self._enabled else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._enabled:
+            return
+        if "scale" not in state_dict:
+            raise KeyError("scaler state_dict lacks 'scale'; pass scaler.state_dict()")
+        self._init_scale = float(state_dict["scale"])
+        if self._scale is not None:
+            self._scale.fill_(self._init_scale)
+
+
+def _check_scale(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive float, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ScalerConfigError(f"{name} must be a positive, finite float, got {value!r}")

@@ -1,0 +1,438 @@
+"""mpcourse.scaling against the real thing: torch.amp.GradScaler("cpu").
+
+Differential runs (random settings, injected inf/NaN gradients, clipping,
+several optimizers) must give identical scales, skipped steps, return values,
+state dicts and bit-identical parameters; misuse must raise the same types.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from mpcourse.scaling import (
+    DynamicLossScaler,
+    OptState,
+    ScalerConfigError,
+    ScalerUsageError,
+    StaticLossScaler,
+    next_scale,
+    unscale_grads_,
+)
+
+
+def torch_scaler(**kwargs) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", **kwargs)
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw_fused": lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True),
+}
+
+
+def run_pair(seed: int, opt_name: str, steps: int = 40) -> None:
+    """Train two identical nets side by side, one per scaler, and compare after every step."""
+    rng = np.random.default_rng(seed)
+    cfg = dict(
+        init_scale=float(2.0 ** int(rng.integers(-4, 20))) * float(rng.choice([1.0, 1.3, 0.7])),
+        growth_factor=float(rng.choice([2.0, 1.5, 3.0, 1.0001])),
+        backoff_factor=float(rng.choice([0.5, 0.25, 0.9, 0.3])),
+        growth_interval=int(rng.integers(1, 6)),
+    )
+    ours, ref = DynamicLossScaler(**cfg), torch_scaler(**cfg)
+    net_a = small_net(seed)
+    net_b = copy.deepcopy(net_a)
+    opt_a, opt_b = OPTIMIZERS[opt_name](net_a.parameters()), OPTIMIZERS[opt_name](net_b.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        x = torch.randn(16, 6, generator=gen) * float(rng.choice([1.0, 1e3]))
+        y = torch.randint(0, 3, (16,), generator=gen)
+        bad = rng.random() < 0.3
+        where = (int(rng.integers(0, 4)), float(rng.choice([math.inf, -math.inf, math.nan])))
+        clip = rng.random() < 0.5
+        results = []
+        for net, opt, scaler in ((net_a, opt_a, ours), (net_b, opt_b, ref)):
+            opt.zero_grad(set_to_none=bool(step % 2))
+            loss = nn.functional.cross_entropy(net(x), y)
+            scaler.scale(loss).backward()
+            if bad:
+                params = list(net.parameters())
+                params[where[0]].grad.view(-1)[0] = where[1]
+            if clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            results.append(scaler.step(opt))
+            scaler.update()
+        assert results[0] is None and results[1] is None
+        assert ours.get_scale() == ref.get_scale(), (step, cfg)
+        assert ours.state_dict() == ref.state_dict(), (step, cfg)
+        for pa, pb in zip(net_a.parameters(), net_b.parameters(), strict=True):
+            assert torch.equal(pa, pb), (step, cfg)
+            if pa.grad is not None:
+                assert torch.equal(pa.grad.nan_to_num(), pb.grad.nan_to_num())
+    # each run must exercise both branches: some skipped steps, some taken
+    assert 0 < ours.skipped_steps < steps
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("seed", range(6))
+def test_differential_against_gradscaler(seed: int, opt_name: str) -> None:
+    run_pair(seed, opt_name)
+
+
+@settings(max_examples=150)
+@given(
+    events=st.lists(st.booleans(), min_size=1, max_size=60),
+    init_exp=st.integers(-10, 127),
+    growth_factor=st.sampled_from([2.0, 1.5, 4.0, 1.1]),
+    backoff_factor=st.sampled_from([0.5, 0.125, 0.75, 0.9]),
+    growth_interval=st.integers(1, 5),
+)
+def test_next_scale_matches_torch_kernel(
+    events, init_exp, growth_factor, backoff_factor, growth_interval
+) -> None:
+    """The pure update rule equals torch._amp_update_scale_ (including no growth past FP32 max)."""
+    scale = torch.full((), 2.0**init_exp, dtype=torch.float32)
+    tracker = torch.zeros((), dtype=torch.int32)
+    s, t = scale.item(), 0
+    for found in events:
+        torch._amp_update_scale_(
+            scale, tracker, torch.tensor(float(found)), growth_factor, backoff_factor, growth_interval
+        )
+        s, t = next_scale(
+            s,
+            t,
+            found,
+            growth_factor=growth_factor,
+            backoff_factor=backoff_factor,
+            growth_interval=growth_interval,
+        )
+        assert (s, t) == (scale.item(), tracker.item())
+
+
+def test_defaults_match_gradscaler() -> None:
+    ours, ref = DynamicLossScaler(), torch_scaler()
+    assert ours.state_dict() == ref.state_dict()
+    assert ours.state_dict() == {
+        "scale": 65536.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 0,
+    }
+    assert ours.get_scale() == ref.get_scale() == 65536.0 and ours.is_enabled()
+
+
+def test_growth_stops_at_fp32_max() -> None:
+    ours, ref = DynamicLossScaler(2.0**127, growth_interval=1), torch_scaler(
+        init_scale=2.0**127, growth_interval=1
+    )
+    for scaler in (ours, ref):
+        p = nn.Parameter(torch.ones(2))
+        opt = torch.optim.SGD([p], lr=0.0)
+        for _ in range(3):
+            scaler.scale(p.sum()).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert ours.get_scale() == ref.get_scale() == 2.0**127
+    assert ours.state_dict() == ref.state_dict()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("init_scale", [2.0**16, 3.0 * 2**10, 2.0**-3])
+def test_scale_of_tensor_same_dtype_and_bits(dtype, init_scale) -> None:
+    x = torch.randn(5).to(dtype) * 100
+    got = DynamicLossScaler(init_scale).scale(x)
+    want = torch_scaler(init_scale=init_scale).scale(x)
+    assert got.dtype == want.dtype == dtype
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_scale_of_iterables() -> None:
+    a, b, c = torch.tensor(1.0), torch.tensor([2.0, 3.0]), torch.tensor(4.0)
+    ours, ref = DynamicLossScaler(8.0), torch_scaler(init_scale=8.0)
+    for outputs in ([a, b], (a, b), [a, (b, [c])]):
+        got, want = ours.scale(outputs), ref.scale(outputs)
+        assert type(got) is type(want)
+        assert repr(got) == repr(want)
+    got, want = ours.scale(iter([a, b])), ref.scale(iter([a, b]))
+    assert type(got) is type(want) is map
+    assert [t.tolist() for t in got] == [t.tolist() for t in want] == [8.0, [16.0, 24.0]]
+    for scaler in (ours, ref):
+        with pytest.raises(ValueError, match="Tensor or an iterable"):
+            scaler.scale(3.0)
+
+
+def test_disabled_is_a_pass_through() -> None:
+    for scaler in (DynamicLossScaler(enabled=False), torch_scaler(enabled=False)):
+        loss = torch.tensor(2.0)
+        assert scaler.scale(loss) is loss
+        p = nn.Parameter(torch.ones(1))
+        p.grad = torch.tensor([math.inf])
+        opt = torch.optim.SGD([p], lr=1.0)
+        scaler.unscale_(opt)
+        assert scaler.step(opt, lambda: torch.tensor(7.0)) == 7.0  # stepped despite inf
+        scaler.update()
+        assert scaler.get_scale() == 1.0 and scaler.state_dict() == {}
+        scaler.load_state_dict({"scale": 5.0})
+        assert scaler.get_scale() == 1.0 and not scaler.is_enabled()
+        assert math.isinf(p.item())
+    assert StaticLossScaler(-1.0, enabled=False).get_scale() == 1.0  # not validated when off
+
+
+def test_step_returns_optimizer_value_or_none() -> None:
+    for scaler in (DynamicLossScaler(4.0), torch_scaler(init_scale=4.0)):
+        p = nn.Parameter(torch.ones(2))
+        opt = torch.optim.SGD([p], lr=0.1)
+        scaler.scale(p.sum()).backward()
+        assert scaler.step(opt, lambda: torch.tensor(3.0)).item() == 3.0  # positional closure
+        scaler.update()
+        p.grad = None
+        scaler.scale(p.sum() * math.inf).backward()
+        assert scaler.step(opt, lambda: torch.tensor(3.0)) is None
+        scaler.update()
+        assert scaler.get_scale() == 2.0
+        scaler.scale(p.sum()).backward()
+        with pytest.raises(RuntimeError, match="[Cc]losure"):
+            scaler.step(opt, closure=lambda: torch.tensor(1.0))
+
+
+def _misuse_cases():
+    def fresh(scaler):
+        p = nn.Parameter(torch.ones(3))
+        return p, torch.optim.SGD([p], lr=0.1)
+
+    def step_before_scale(s):
+        p, opt = fresh(s)
+        p.grad = torch.ones(3)
+        s.step(opt)
+
+    def unscale_before_scale(s):
+        p, opt = fresh(s)
+        p.grad = torch.ones(3)
+        s.unscale_(opt)
+
+    def update_before_scale(s):
+        s.update()
+
+    def unscale_twice(s):
+        p, opt = fresh(s)
+        s.scale(p.sum()).backward()
+        s.unscale_(opt)
+        s.unscale_(opt)
+
+    def unscale_after_step(s):
+        p, opt = fresh(s)
+        s.scale(p.sum()).backward()
+        s.step(opt)
+        s.unscale_(opt)
+
+    def step_twice(s):
+        p, opt = fresh(s)
+        s.scale(p.sum()).backward()
+        s.step(opt)
+        s.step(opt)
+
+    def update_without_step(s):
+        p, _ = fresh(s)
+        s.scale(p.sum()).backward()
+        s.update()
+
+    def step_without_grads(s):
+        p, opt = fresh(s)
+        s.scale(p.sum())
+        s.step(opt)
+
+    def fp16_grads(s):
+        p = nn.Parameter(torch.ones(3, dtype=torch.float16))
+        opt = torch.optim.SGD([p], lr=0.1)
+        s.scale(p.sum()).backward()
+        s.step(opt)
+
+    def bad_new_scale(s):
+        p, opt = fresh(s)
+        s.scale(p.sum()).backward()
+        s.step(opt)
+        s.update(torch.ones(2))
+
+    def empty_state_dict(s):
+        s.load_state_dict({})
+
+    return {
+        f.__name__: f
+        for f in (
+            step_before_scale,
+            unscale_before_scale,
+            update_before_scale,
+            unscale_twice,
+            unscale_after_step,
+            step_twice,
+            update_without_step,
+            step_without_grads,
+            fp16_grads,
+            bad_new_scale,
+            empty_state_dict,
+        )
+    }
+
+
+MISUSE = _misuse_cases()
+
+
+@pytest.mark.parametrize("name", sorted(MISUSE))
+def test_misuse_raises_same_type_as_gradscaler(name: str) -> None:
+    with pytest.raises(Exception) as ref_err:
+        MISUSE[name](torch_scaler())
+    with pytest.raises(type(ref_err.value)) as our_err:
+        MISUSE[name](DynamicLossScaler())
+    message = str(our_err.value)
+    assert len(message) > 40 and any(w in message for w in ("call", "Call", "use", "Keep", "save", "pass"))
+
+
+def test_usage_error_is_both_runtime_and_assertion_error() -> None:
+    assert issubclass(ScalerUsageError, RuntimeError) and issubclass(ScalerUsageError, AssertionError)
+    assert issubclass(ScalerConfigError, ValueError) and issubclass(ScalerConfigError, AssertionError)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(growth_factor=1.0), ScalerConfigError),
+        (dict(backoff_factor=1.0), ScalerConfigError),
+        (dict(backoff_factor=0.0), ScalerConfigError),
+        (dict(growth_interval=0), ScalerConfigError),
+        (dict(growth_interval=2.5), TypeError),
+        (dict(init_scale=math.inf), ScalerConfigError),
+        (dict(init_scale=-2.0), ScalerConfigError),
+        (dict(init_scale="big"), TypeError),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, error) -> None:
+    with pytest.raises(error, match="must be"):
+        DynamicLossScaler(**kwargs)
+    if "growth_factor" in kwargs or kwargs.get("backoff_factor") == 1.0:
+        with pytest.raises(AssertionError):  # GradScaler refuses these too
+            torch_scaler(**kwargs)
+
+
+def test_update_with_new_scale() -> None:
+    for new in (1024.0, torch.tensor(512.0), 3.3):
+        ours, ref = DynamicLossScaler(), torch_scaler()
+        for scaler in (ours, ref):
+            p = nn.Parameter(torch.ones(2))
+            scaler.scale(p.sum()).backward()
+            scaler.step(torch.optim.SGD([p], lr=0.1))
+            scaler.update(new)
+        assert ours.state_dict() == ref.state_dict()
+    ours.update(256)  # an int is accepted too (GradScaler only takes floats and tensors)
+    assert ours.get_scale() == 256.0
+
+
+def test_state_dict_round_trip_and_resume() -> None:
+    """Checkpoint after update, load into fresh scalers (ours and torch's): same future."""
+    ours, ref = DynamicLossScaler(growth_interval=3), torch_scaler(growth_interval=3)
+    for scaler in (ours, ref):
+        p = nn.Parameter(torch.ones(2))
+        opt = torch.optim.SGD([p], lr=0.1)
+        for i in range(5):
+            scaler.scale(p.sum() * (math.inf if i == 1 else 1.0)).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert ours.state_dict() == ref.state_dict() == {
+        "scale": 32768.0,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 3,
+        "_growth_tracker": 0,
+    }
+    saved = pickle.loads(pickle.dumps(ref.state_dict()))
+    resumed_ours, resumed_ref = DynamicLossScaler(), torch_scaler()
+    resumed_ours.load_state_dict(saved)
+    resumed_ref.load_state_dict(ours.state_dict())  # ours loads into torch's and vice versa
+    assert resumed_ours.state_dict() == resumed_ref.state_dict() == saved
+    with pytest.raises(KeyError, match="lacks"):
+        DynamicLossScaler().load_state_dict({"scale": 2.0})
+
+
+def test_sparse_gradients_match() -> None:
+    results = []
+    for scaler in (DynamicLossScaler(8.0), torch_scaler(init_scale=8.0)):
+        torch.manual_seed(0)
+        emb = nn.Embedding(10, 3, sparse=True)
+        opt = torch.optim.SGD(emb.parameters(), lr=0.5)
+        for idx in ([1, 2, 2], [3, 4]):
+            scaler.scale(emb(torch.tensor(idx)).pow(2).sum()).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        results.append(emb.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_unscale_loop_equals_fused(dtype) -> None:
+    gen = torch.Generator().manual_seed(1)
+    grads = [torch.randn(n, generator=gen).to(dtype) * 1000 for n in (1, 7, 300)]
+    inv_scale = torch.tensor(2.0**-10)
+    for poison in (None, math.inf, math.nan):
+        a, b = [g.clone() for g in grads], [g.clone() for g in grads]
+        if poison is not None:
+            a[1][3] = b[1][3] = poison
+        fa, fb = torch.zeros(()), torch.zeros(())
+        unscale_grads_(a, inv_scale, fa, fused=False)
+        unscale_grads_(b, inv_scale, fb, fused=True)
+        assert fa.item() == fb.item() == float(poison is not None)
+        for x, y in zip(a, b, strict=True):
+            assert x.dtype == dtype and torch.equal(x.nan_to_num(), y.nan_to_num())
+
+
+def test_static_scaler() -> None:
+    scaler = StaticLossScaler(1024.0)
+    p = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=1.0)
+    for factor in (1.0, math.inf, 1.0):
+        scaler.scale(p.sum() * factor).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        assert scaler.get_scale() == 1024.0
+    assert scaler.skipped_steps == 1 and p.tolist() == [-1.0, -1.0]
+    assert scaler.state_dict() == {"scale": 1024.0}
+    other = StaticLossScaler(2.0)
+    other.load_state_dict(scaler.state_dict())
+    assert other.get_scale() == 1024.0
+    with pytest.raises(ScalerConfigError, match="positive, finite"):
+        StaticLossScaler(0.0)
+    with pytest.raises(ScalerUsageError, match="before any scale"):
+        StaticLossScaler(2.0).step(opt)
+
+
+def test_stages_are_named() -> None:
+    scaler = DynamicLossScaler()
+    p = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    scaler.scale(p.sum()).backward()
+    assert scaler._states[id(opt)].stage is OptState.READY
+    scaler.unscale_(opt)
+    assert scaler._states[id(opt)].stage is OptState.UNSCALED
+    scaler.step(opt)
+    assert scaler._states[id(opt)].stage is OptState.STEPPED
+    scaler.update()
+    assert scaler._states[id(opt)].stage is OptState.READY
+    assert [s.name for s in OptState] == [s.name for s in torch.amp.grad_scaler.OptState]
