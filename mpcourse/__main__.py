@@ -39,19 +39,27 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpcourse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mpcourse",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("doctor", help="print what this machine can do for mixed precision")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(func=_doctor)
     p = sub.add_parser("student", help="write student notebooks with the solutions removed")
     p.add_argument("out_dir", type=Path, help="folder to write the student notebooks into")
-    p.add_argument("--source", type=Path, default=None,
-                   help="folder with the course notebooks (default: ./course)")
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="folder with the course notebooks (default: ./course)",
+    )
     p.set_defaults(func=_student)
-    p = sub.add_parser("bench", help="measure speed and memory per dtype (see mpcourse.bench)",
-                       add_help=False)
+    p = sub.add_parser(
+        "bench", help="measure speed and memory per dtype (see mpcourse.bench)", add_help=False
+    )
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
     args = parser.parse_args(argv)

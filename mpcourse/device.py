@@ -49,9 +49,7 @@ def pick_device(prefer: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(choice)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"unknown device {choice!r}: use 'cpu', 'cuda' or 'cuda:N'"
-        ) from err
+        raise ValueError(f"unknown device {choice!r}: use 'cpu', 'cuda' or 'cuda:N'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {choice!r} was asked for but torch sees no CUDA GPU "

@@ -30,7 +30,9 @@ def _bits_of(value: int | str | float, fmt: FloatFormat) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         decode(value, fmt)  # validates the range
         return value
-    raise TypeError(f"give a bit string, an integer bit pattern or a float, not {type(value).__name__}")
+    raise TypeError(
+        f"give a bit string, an integer bit pattern or a float, not {type(value).__name__}"
+    )
 
 
 def explain(value: int | str | float, fmt: FloatFormat = FP16) -> str:
@@ -50,16 +52,23 @@ def explain(value: int | str | float, fmt: FloatFormat = FP16) -> str:
     elif fmt.finite and e == all_ones and m == 2**mbits - 1:
         lines.append(f"  exponent and mantissa all ones -> NaN ({fmt.name} has no infinities)")
     elif e == 0:
-        lines.append(f"  exponent {e_text} = 0 -> subnormal: 2^(1 - {fmt.bias}) = 2^{fmt.emin}, "
-                     "no implicit leading 1")
+        lines.append(
+            f"  exponent {e_text} = 0 -> subnormal: 2^(1 - {fmt.bias}) = 2^{fmt.emin}, "
+            "no implicit leading 1"
+        )
         lines.append(f"  mantissa {m_text} = {m} -> 0 + {m}/2^{mbits} = {m / 2**mbits:.10g}")
-        lines.append(f"  value = {'-' if s else ''}2^{fmt.emin} * {m / 2**mbits:.10g} = {result:.10g}")
+        lines.append(
+            f"  value = {'-' if s else ''}2^{fmt.emin} * {m / 2**mbits:.10g} = {result:.10g}"
+        )
     else:
         lines.append(f"  exponent {e_text} = {e} -> 2^({e} - {fmt.bias}) = 2^{e - fmt.bias}")
-        lines.append(f"  mantissa {m_text or '(none)'} = {m} -> 1 + {m}/2^{mbits} = "
-                     f"{1 + m / 2**mbits:.10g}")
-        lines.append(f"  value = {'-' if s else ''}2^{e - fmt.bias} * {1 + m / 2**mbits:.10g} "
-                     f"= {result:.10g}")
+        lines.append(
+            f"  mantissa {m_text or '(none)'} = {m} -> 1 + {m}/2^{mbits} = {1 + m / 2**mbits:.10g}"
+        )
+        lines.append(
+            f"  value = {'-' if s else ''}2^{e - fmt.bias} * {1 + m / 2**mbits:.10g} "
+            f"= {result:.10g}"
+        )
     if math.isnan(result) or math.isinf(result):
         lines.append(f"  value = {result}")
     return "\n".join(lines)
@@ -86,8 +95,9 @@ def bit_explorer(fmt: FloatFormat = FP16, value: float = 1.0):
         buttons = []
         for i in range(f.bits):
             bit = (bits >> (f.bits - 1 - i)) & 1
-            b = w.ToggleButton(value=bool(bit), description=str(bit),
-                               layout=w.Layout(width="30px", padding="0"))
+            b = w.ToggleButton(
+                value=bool(bit), description=str(bit), layout=w.Layout(width="30px", padding="0")
+            )
             b.style.button_color = colors[i] if bit else "#eeeeee"
             b.observe(lambda change, i=i: flip(i), names="value")
             buttons.append(b)

@@ -238,7 +238,9 @@ def spacing(x: torch.Tensor | float, fmt: FloatFormat) -> torch.Tensor:
     return torch.where(torch.isfinite(mag), u, torch.full_like(u, math.nan))
 
 
-def fields(x: torch.Tensor | float, fmt: FloatFormat) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fields(
+    x: torch.Tensor | float, fmt: FloatFormat
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (sign, biased exponent, mantissa) integer fields of ``round_to(x, fmt)``.
 
     NaN is encoded as the format's canonical NaN: quiet NaN (top mantissa bit)
@@ -293,7 +295,9 @@ def decode(bits: int | str, fmt: FloatFormat) -> float:
             )
         bits = int(text, 2)
     if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits < 2**fmt.bits:
-        raise ValueError(f"{fmt.name} bit patterns are integers from 0 to {2**fmt.bits - 1}, got {bits!r}")
+        raise ValueError(
+            f"{fmt.name} bit patterns are integers from 0 to {2**fmt.bits - 1}, got {bits!r}"
+        )
     m_bits = fmt.mantissa_bits
     sign = -1.0 if bits >> (fmt.bits - 1) else 1.0
     exp_field = (bits >> m_bits) & (2**fmt.exponent_bits - 1)
@@ -313,7 +317,9 @@ def decode(bits: int | str, fmt: FloatFormat) -> float:
 def _scalar(value: object) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise ValueError(f"expected a single number, got a tensor of shape {tuple(value.shape)}")
+            raise ValueError(
+                f"expected a single number, got a tensor of shape {tuple(value.shape)}"
+            )
         return value.reshape(1)
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"expected a real number, got {type(value).__name__} {value!r}")

@@ -36,8 +36,13 @@ def plot_bit_layouts(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None =
         for i, kind in enumerate(kinds):
             ax.add_patch(Rectangle((i, y + 0.1), 0.92, 0.8, color=COLORS[kind]))
         ax.text(-0.5, y + 0.5, fmt.name, ha="right", va="center", fontsize=10)
-        ax.text(fmt.bits + 0.4, y + 0.5, f"1 + {fmt.exponent_bits} + {fmt.mantissa_bits} = "
-                f"{fmt.bits} bits", va="center", fontsize=9)
+        ax.text(
+            fmt.bits + 0.4,
+            y + 0.5,
+            f"1 + {fmt.exponent_bits} + {fmt.mantissa_bits} = {fmt.bits} bits",
+            va="center",
+            fontsize=9,
+        )
     for kind, color in COLORS.items():
         ax.add_patch(Rectangle((0, 0), 0, 0, color=color, label=kind))
     ax.set_xlim(-5, 40)
@@ -64,7 +69,9 @@ def representable_values(fmt: FloatFormat, lo: float, hi: float) -> torch.Tensor
     return values
 
 
-def plot_number_line(fmt: FloatFormat, lo: float = 0.0, hi: float = 8.0, ax: Axes | None = None) -> Axes:
+def plot_number_line(
+    fmt: FloatFormat, lo: float = 0.0, hi: float = 8.0, ax: Axes | None = None
+) -> Axes:
     """Tick marks at every representable value of ``fmt`` between ``lo`` and ``hi``."""
     ax = _axes(ax, (11, 1.4))
     values = representable_values(fmt, lo, hi)
@@ -73,8 +80,10 @@ def plot_number_line(fmt: FloatFormat, lo: float = 0.0, hi: float = 8.0, ax: Axe
         ax.axvline(2.0**p, ymin=0, ymax=1, color=COLORS["sign"], linewidth=1.2)
     ax.set_yticks([])
     ax.set_xlim(lo, hi)
-    ax.set_title(f"{fmt.name}: {len(values)} values in [{lo:g}, {hi:g}]; red lines at powers "
-                 "of two: each binade holds the same count, so spacing doubles")
+    ax.set_title(
+        f"{fmt.name}: {len(values)} values in [{lo:g}, {hi:g}]; red lines at powers "
+        "of two: each binade holds the same count, so spacing doubles"
+    )
     return ax
 
 
@@ -106,8 +115,9 @@ def plot_ranges(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None = None
         y = len(formats) - 1 - row
         sub, norm, top = (math.log2(fmt.min_subnormal), fmt.emin, math.log2(fmt.max))
         ax.barh(y, norm - sub, left=sub, color="#bbbbbb", label="subnormal" if row == 0 else None)
-        ax.barh(y, top - norm, left=norm, color=COLORS["exponent"],
-                label="normal" if row == 0 else None)
+        ax.barh(
+            y, top - norm, left=norm, color=COLORS["exponent"], label="normal" if row == 0 else None
+        )
     ax.set_yticks(range(len(formats)), [f.name for f in reversed(formats)])
     ax.set_xlabel("log2 |x|")
     ax.set_title("Range of each format (powers of two)")

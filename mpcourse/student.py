@@ -60,7 +60,7 @@ def strip_source(source: str) -> str:
             inside = False
         elif inside:
             if stripped.startswith(HINT):
-                hints.append(stripped[len(HINT):].strip())
+                hints.append(stripped[len(HINT) :].strip())
         else:
             out.append(line)
     if inside:
@@ -91,7 +91,7 @@ def strip_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def write_student_version(source: Path | str | None, out_dir: Path | str) -> list[Path]:
-    """Write a student copy of every ``NN_*.ipynb`` in ``source`` (default: course/) to ``out_dir``."""
+    """Write student copies of the ``NN_*.ipynb`` in ``source`` (default course/) to ``out_dir``."""
     source = Path(source) if source is not None else _COURSE
     if not source.is_dir():
         raise FileNotFoundError(
@@ -102,7 +102,9 @@ def write_student_version(source: Path | str | None, out_dir: Path | str) -> lis
         raise FileNotFoundError(f"no NN_*.ipynb notebooks in {source}")
     out_dir = Path(out_dir)
     if out_dir.resolve() == source.resolve():
-        raise ValueError("OUT_DIR must differ from the course folder: it would overwrite the solutions")
+        raise ValueError(
+            "OUT_DIR must differ from the course folder: it would overwrite the solutions"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in notebooks:

@@ -43,13 +43,18 @@ def build(path: Path, timeout: int = 600) -> Path:
     nb.nbformat, nb.nbformat_minor = 4, 5
     for index, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{index:03d}"  # stable ids keep diffs small
+        cell.metadata.pop("execution", None)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     os.environ["MPCOURSE_NO_PROGRESS"] = "1"
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     start = time.perf_counter()
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(COURSE)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(COURSE)}},
+        record_timing=False,
     )
     client.allow_errors = True  # cells tagged raises-exception; checked below
     client.execute()
@@ -72,9 +77,13 @@ def build(path: Path, timeout: int = 600) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("paths", nargs="*", type=Path)
-    parser.add_argument("--all", action="store_true", help="rebuild every course/NN_*.ipynb in order")
+    parser.add_argument(
+        "--all", action="store_true", help="rebuild every course/NN_*.ipynb in order"
+    )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args()
     paths = sorted(COURSE.glob("[0-9][0-9]_*.ipynb")) if args.all else args.paths

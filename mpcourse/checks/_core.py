@@ -29,7 +29,9 @@ def _short(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         if value.numel() <= 8:
             return f"tensor({value.tolist()}, dtype={str(value.dtype).replace('torch.', '')})"
-        return f"tensor of shape {tuple(value.shape)}, dtype {str(value.dtype).replace('torch.', '')}"
+        return (
+            f"tensor of shape {tuple(value.shape)}, dtype {str(value.dtype).replace('torch.', '')}"
+        )
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
@@ -68,9 +70,7 @@ def call_answer(fn: Callable, *args: Any, what: str) -> Any:
         raise
     except Exception as err:  # noqa: BLE001 - report any bug in the student's code plainly
         args_text = ", ".join(_short(a) for a in args)
-        raise CheckFailed(
-            f"{what}({args_text}) raised {type(err).__name__}: {err}"
-        ) from err
+        raise CheckFailed(f"{what}({args_text}) raised {type(err).__name__}: {err}") from err
 
 
 def same_value(got: Any, expected: Any, *, rtol: float = 0.0, atol: float = 0.0) -> bool:

@@ -35,14 +35,18 @@ def check_decode(decode_fp16: Callable[[str], float]) -> bool:
             fail(f"decode_fp16({bits!r}) should return a number, got {type(got).__name__}.")
         hint = ""
         if bits.startswith("0 00000") and expected != 0:
-            hint = "exponent field 0 means a subnormal: 2^(1 - bias) * (0 + m / 2^10), no implicit 1."
+            hint = (
+                "exponent field 0 means a subnormal: 2^(1 - bias) * (0 + m / 2^10), no implicit 1."
+            )
         elif bits.split()[1] == "11111":
             hint = "exponent field all ones means inf (mantissa 0) or NaN (mantissa not 0)."
         expect_equal(got, expected, f"decode_fp16({bits!r})", hint=hint)
         if expected == 0 and math.copysign(1, expected) != math.copysign(1, got):
             fail(f"decode_fp16({bits!r}): the sign bit is set, so the answer is -0.0, got {got!r}.")
-    return passed(f"decode_fp16 matches the FP16 encoding on {len(_FP16_CASES)} bit strings, "
-                  "including subnormals, infinities, NaN and -0.0.")
+    return passed(
+        f"decode_fp16 matches the FP16 encoding on {len(_FP16_CASES)} bit strings, "
+        "including subnormals, infinities, NaN and -0.0."
+    )
 
 
 def check_fp16_max(answer: float) -> bool:
@@ -50,12 +54,18 @@ def check_fp16_max(answer: float) -> bool:
     require_answer(answer, "`answer`")
     expected = FP16.max
     if answer == 65535 or answer == 2.0**16:
-        fail(f"{answer} is not FP16's max: the exponent field 11111 is reserved for inf/NaN, "
-             "so the largest exponent is 11110 - bias = 15.")
+        fail(
+            f"{answer} is not FP16's max: the exponent field 11111 is reserved for inf/NaN, "
+            "so the largest exponent is 11110 - bias = 15."
+        )
     if answer == 2.0**15:
         fail("2^15 only counts the exponent: add the mantissa, (1 + 1023/1024) * 2^15.")
-    expect_equal(answer, expected, "FP16's largest finite value",
-                 hint="largest exponent field 30, bias 15, mantissa all ones: (2 - 2^-10) * 2^15.")
+    expect_equal(
+        answer,
+        expected,
+        "FP16's largest finite value",
+        hint="largest exponent field 30, bias 15, mantissa all ones: (2 - 2^-10) * 2^15.",
+    )
     if float(torch.finfo(torch.float16).max) != answer:  # pragma: no cover - sanity
         fail("the value does not match torch.finfo(torch.float16).max")
     return passed(f"FP16's max is (2 - 2^-10) * 2^15 = {expected:g}, as torch.finfo says.")
@@ -82,12 +92,14 @@ def check_round_toy(round_toy: Callable[[float], float]) -> bool:
         hint="ties go to the neighbour whose last mantissa bit is 0; values that round past 14 "
         "overflow to inf; below 0.25 the spacing stays 1/16 (subnormals).",
     )
-    return passed(f"round_toy agrees with mpcourse.formats.round_to(x, E3M2) on {n} values, "
-                  "ties, subnormals and overflow included.")
+    return passed(
+        f"round_toy agrees with mpcourse.formats.round_to(x, E3M2) on {n} values, "
+        "ties, subnormals and overflow included."
+    )
 
 
 def check_format_limits(limits: Callable[[int, int], dict]) -> bool:
-    """Check ``limits(exponent_bits, mantissa_bits)`` -> dict of max/min_normal/min_subnormal/eps."""
+    """Check ``limits(E, M)`` -> dict of max, min_normal, min_subnormal and eps."""
     require_answer(limits, "`limits`")
     keys = ("max", "min_normal", "min_subnormal", "eps")
     for e, m in ((5, 10), (8, 7), (8, 23), (5, 2), (3, 2), (6, 9)):
@@ -96,8 +108,14 @@ def check_format_limits(limits: Callable[[int, int], dict]) -> bool:
             fail(f"limits({e}, {m}) should return a dict with keys {keys}, got {got!r}.")
         fmt = FloatFormat(e, m)
         for key in keys:
-            expect_equal(float(got[key]), getattr(fmt, key), f"limits({e}, {m})[{key!r}]",
-                         rtol=1e-12,
-                         hint="bias = 2^(E-1) - 1, emin = 1 - bias, emax = 2^E - 2 - bias.")
-    return passed("limits() derives max, min normal, min subnormal and eps for IEEE-like formats "
-                  "of any width (checked on 6 layouts, FP16/BF16/FP32 included).")
+            expect_equal(
+                float(got[key]),
+                getattr(fmt, key),
+                f"limits({e}, {m})[{key!r}]",
+                rtol=1e-12,
+                hint="bias = 2^(E-1) - 1, emin = 1 - bias, emax = 2^E - 2 - bias.",
+            )
+    return passed(
+        "limits() derives max, min normal, min subnormal and eps for IEEE-like formats "
+        "of any width (checked on 6 layouts, FP16/BF16/FP32 included)."
+    )

@@ -20,21 +20,40 @@ def check_amp_choice(answer: dict) -> bool:
             fail(f"answer[{device_type!r}] should be a pair (dtype, needs_scaler), got {choice!r}.")
         dtype, scaler = choice
         expected = amp_dtype(torch.device(device_type))
-        expect_equal(dtype, expected, f"the autocast dtype on {device_type}",
-                     hint="see mpcourse.device.amp_dtype")
-        expect_equal(bool(scaler), needs_grad_scaler(expected),
-                     f"whether {device_type} training with {expected} needs a GradScaler",
-                     hint="float16's range is narrow (loss scaling needed); bfloat16 has FP32's range.")
+        expect_equal(
+            dtype,
+            expected,
+            f"the autocast dtype on {device_type}",
+            hint="see mpcourse.device.amp_dtype",
+        )
+        expect_equal(
+            bool(scaler),
+            needs_grad_scaler(expected),
+            f"whether {device_type} training with {expected} needs a GradScaler",
+            hint="float16's range is narrow (loss scaling needed); bfloat16 has FP32's range.",
+        )
     return passed("float16 + GradScaler on CUDA, bfloat16 without a scaler on the CPU.")
 
 
 def check_nbytes(nbytes: Callable[[torch.Tensor], int]) -> bool:
     """``nbytes(t)`` must return the bytes of a tensor's elements."""
     require_answer(nbytes, "`nbytes`")
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8,
-                  torch.float8_e4m3fn):
+    for dtype in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.float8_e4m3fn,
+    ):
         t = torch.zeros(3, 5, dtype=dtype)
         got = call_answer(nbytes, t, what="nbytes")
-        expect_equal(got, t.numel() * t.element_size(), f"nbytes of a 3x5 {dtype} tensor",
-                     hint="numel() elements times element_size() bytes each.")
-    return passed("nbytes works for 6 dtypes: FP16 and BF16 take half the bytes of FP32, FP8 a quarter.")
+        expect_equal(
+            got,
+            t.numel() * t.element_size(),
+            f"nbytes of a 3x5 {dtype} tensor",
+            hint="numel() elements times element_size() bytes each.",
+        )
+    return passed(
+        "nbytes works for 6 dtypes: FP16 and BF16 take half the bytes of FP32, FP8 a quarter."
+    )

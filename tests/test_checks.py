@@ -1,0 +1,115 @@
+"""The exercise checks of chapters 00-01 and their shared core: right, wrong, and stub answers."""
+
+import math
+
+import pytest
+import torch
+
+from mpcourse import checks
+from mpcourse.checks._core import check_function, expect_equal, same_value
+from mpcourse.checks.formats import TOY
+from mpcourse.formats import FP16, FloatFormat, decode, round_to
+
+
+def stub(*args):
+    raise NotImplementedError("Exercise: write your answer here")
+
+
+def test_core_equality_and_messages():
+    assert same_value(math.nan, math.nan) and not same_value(1.0, 1.0001)
+    assert same_value(1.0, 1.0001, rtol=1e-3)
+    assert same_value(torch.tensor([1.0, math.nan]), torch.tensor([1.0, math.nan]))
+    with pytest.raises(checks.CheckFailed, match=r"the answer: expected 2, got 3\. Hint: add"):
+        expect_equal(3, 2, "the answer", hint="add")
+    with pytest.raises(checks.CheckFailed, match=r"f\(2\): expected 4, got 5"):
+        check_function(lambda x: x * 2 if x == 1 else x + 3, lambda x: x * 2, [(1,), (2,)], "f")
+
+
+def test_a_bug_in_the_answer_is_reported_not_crashed():
+    with pytest.raises(checks.CheckFailed, match="raised ZeroDivisionError"):
+        checks.check_decode(lambda bits: 1 / 0)
+    with pytest.raises(checks.CheckFailed, match="should be a function"):
+        checks.check_decode(42)
+
+
+def test_decode_check(capsys):
+    assert checks.check_decode(lambda b: decode(b, FP16))
+    assert "Correct" in capsys.readouterr().out
+
+    def no_subnormals(bits):
+        s, e, m = (int(p, 2) for p in bits.split())
+        if e == 31:
+            return decode(bits, FP16)
+        return (-1) ** s * 2.0 ** (e - 15) * (1 + m / 1024)
+
+    with pytest.raises(checks.CheckFailed, match="subnormal"):
+        checks.check_decode(no_subnormals)
+
+    def no_negative_zero(bits):
+        value = decode(bits, FP16)
+        return 0.0 if value == 0 else value
+
+    with pytest.raises(checks.CheckFailed, match="-0.0"):
+        checks.check_decode(no_negative_zero)
+    with pytest.raises(checks.NotAnswered, match="replace the `raise NotImplementedError`"):
+        checks.check_decode(stub)
+    with pytest.raises(checks.NotAnswered, match="No answer yet"):
+        checks.check_decode(None)
+
+
+def test_fp16_max_check():
+    assert checks.check_fp16_max(65504.0)
+    with pytest.raises(checks.CheckFailed, match="reserved for inf/NaN"):
+        checks.check_fp16_max(65535)
+    with pytest.raises(checks.CheckFailed, match="add the mantissa"):
+        checks.check_fp16_max(32768.0)
+    with pytest.raises(checks.CheckFailed, match="expected 65504.0, got 60000"):
+        checks.check_fp16_max(60000)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_fp16_max(None)
+
+
+def test_round_toy_check():
+    assert checks.check_round_toy(lambda x: float(round_to(x, TOY)))
+    half_up = lambda x: float(math.copysign(math.floor(abs(x) * 4 + 0.5) / 4, x))  # noqa: E731
+    with pytest.raises(checks.CheckFailed, match="round_toy"):
+        checks.check_round_toy(half_up)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_round_toy(stub)
+
+
+def test_format_limits_check():
+    def right(e, m):
+        f = FloatFormat(e, m)
+        return {
+            "max": f.max,
+            "min_normal": f.min_normal,
+            "min_subnormal": f.min_subnormal,
+            "eps": f.eps,
+        }
+
+    def wrong_max(e, m):
+        d = right(e, m)
+        d["max"] = 2.0 ** (2 ** (e - 1))
+        return d
+
+    assert checks.check_format_limits(right)
+    with pytest.raises(checks.CheckFailed, match=r"limits\(5, 10\)\['max'\]"):
+        checks.check_format_limits(wrong_max)
+    with pytest.raises(checks.CheckFailed, match="dict with keys"):
+        checks.check_format_limits(lambda e, m: 1.0)
+
+
+def test_setup_checks():
+    assert checks.check_amp_choice({"cpu": (torch.bfloat16, False), "cuda": (torch.float16, True)})
+    with pytest.raises(checks.CheckFailed, match="needs a GradScaler"):
+        checks.check_amp_choice({"cpu": (torch.bfloat16, True), "cuda": (torch.float16, True)})
+    with pytest.raises(checks.CheckFailed, match="autocast dtype on cuda"):
+        checks.check_amp_choice({"cpu": (torch.bfloat16, False), "cuda": (torch.bfloat16, False)})
+    with pytest.raises(checks.CheckFailed, match="keys 'cpu' and 'cuda'"):
+        checks.check_amp_choice({"gpu": 1})
+    assert checks.check_nbytes(lambda t: t.numel() * t.element_size())
+    with pytest.raises(checks.CheckFailed, match="float16 tensor: expected 30, got 60"):
+        checks.check_nbytes(lambda t: t.numel() * 4)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_nbytes(stub)

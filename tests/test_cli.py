@@ -1,0 +1,34 @@
+"""python -m mpcourse doctor prints the environment report."""
+
+import subprocess
+import sys
+
+import torch
+
+
+def test_doctor_prints_the_report():
+    out = subprocess.run(
+        [sys.executable, "-m", "mpcourse", "doctor", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"torch_version             {torch.__version__}" in out
+    assert "autocast_dtypes" in out and "cpu_capability" in out
+
+
+def test_unknown_command_is_an_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "mpcourse", "frobnicate"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("<!-- test-command -->", 1)[1].split("```bash\n", 1)[1].split("\n```")[0]
+    assert block.strip() in (root / ".ci" / "run").read_text()
+    assert "pytest" in block
