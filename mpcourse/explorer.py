@@ -20,24 +20,34 @@ def _split(bits: int, fmt: FloatFormat) -> tuple[int, int, int]:
     return bits >> (fmt.bits - 1), (bits >> m) & (2**fmt.exponent_bits - 1), bits & (2**m - 1)
 
 
-def _bits_of(value: int | str | float, fmt: FloatFormat) -> int:
+def _bits_of(value: str | float | None, fmt: FloatFormat, bits: int | None) -> int:
+    if bits is not None:
+        if value is not None:
+            raise TypeError("give either a value or bits=, not both")
+        decode(bits, fmt)  # validates the integer pattern
+        return bits
     if isinstance(value, str):
         text = value.replace(" ", "").replace("_", "")
         decode(text, fmt)  # validates length and characters
         return int(text, 2)
-    if isinstance(value, float):
-        return encode(value, fmt)
-    if isinstance(value, int) and not isinstance(value, bool):
-        decode(value, fmt)  # validates the range
-        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return encode(float(value), fmt)
     raise TypeError(
-        f"give a bit string, an integer bit pattern or a float, not {type(value).__name__}"
+        "give a number (its encoding is explained), a bit string such as '0 01111 0000000000', "
+        f"or an integer pattern as bits=...; got {type(value).__name__}"
     )
 
 
-def explain(value: int | str | float, fmt: FloatFormat = FP16) -> str:
-    """How a bit pattern (or the encoding of a float) turns into a value, step by step."""
-    bits = _bits_of(value, fmt)
+def explain(
+    value: str | float | None = None, fmt: FloatFormat = FP16, *, bits: int | None = None
+) -> str:
+    """How a bit pattern turns into a value, step by step.
+
+    ``value`` is a number (rounded to ``fmt`` first, like a cast; values past
+    the max become inf, or NaN in fn formats) or a bit string; ``bits=`` takes
+    the pattern as an unsigned integer.
+    """
+    bits = _bits_of(value, fmt, bits)
     s, e, m = _split(bits, fmt)
     mbits = fmt.mantissa_bits
     e_text = format(e, f"0{fmt.exponent_bits}b")
@@ -102,19 +112,25 @@ def bit_explorer(fmt: FloatFormat = FP16, value: float = 1.0):
             b.observe(lambda change, i=i: flip(i), names="value")
             buttons.append(b)
         row.children = buttons
-        out.value = f"<pre>{explain(bits, f)}</pre>"
+        out.value = f"<pre>{explain(bits=bits, fmt=f)}</pre>"
 
     def flip(i: int) -> None:
         f = state["fmt"]
         state["bits"] ^= 1 << (f.bits - 1 - i)
+        value = decode(state["bits"], f)
+        state["syncing"] = True  # show the new value without re-encoding it
+        typed.value = value if math.isfinite(value) else typed.value
+        state["syncing"] = False
         render()
 
-    def on_format(change) -> None:
+    def on_format(change) -> None:  # keep the value, show its encoding in the new format
         state["fmt"] = formats[change["new"]]
-        state["bits"] = encode(typed.value, state["fmt"])
+        state["bits"] = encode(decode(state["bits"], formats[change["old"]]), state["fmt"])
         render()
 
     def on_value(change) -> None:
+        if state.get("syncing"):
+            return
         state["bits"] = encode(float(change["new"]), state["fmt"])
         render()
 

@@ -11,8 +11,10 @@ a sign ``s``, a biased exponent ``e`` and a fraction ``f`` and means
 normal numbers too, and only the all-ones pattern means NaN.
 
 :func:`round_to` rounds float values to the nearest representable value
-(ties to even), exactly as a hardware cast does; it is tested bit for bit
-against torch's casts.
+(ties to even), which is what torch's casts to FP16, BF16 and FP8 do; it is
+tested bit for bit against them. (TF32 is different in hardware: the PTX
+conversion rounds ties away from zero and tensor cores fed FP32 directly
+truncate; ``round_to(x, TF32)`` models the round-to-nearest-even choice.)
 
 Taught in course/01_float_formats.ipynb.
 """
@@ -243,8 +245,9 @@ def fields(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (sign, biased exponent, mantissa) integer fields of ``round_to(x, fmt)``.
 
-    NaN is encoded as the format's canonical NaN: quiet NaN (top mantissa bit)
-    in IEEE-like formats, the all-ones pattern in fn formats.
+    NaN is encoded as the format's canonical NaN, keeping its sign bit: quiet
+    NaN (top mantissa bit) in IEEE-like formats, exponent and mantissa all ones
+    in fn formats (so E4M3 has two NaNs, ``S.1111.111`` with either sign).
     """
     fmt = _check_format(fmt)
     r = round_to(x, fmt).double()
@@ -269,7 +272,6 @@ def fields(
     exp_field = torch.where(nan | inf, torch.full_like(e, all_ones_exp), exp_field)
     frac = torch.where(inf, torch.zeros_like(frac), frac)
     frac = torch.where(nan, torch.full_like(frac, nan_mantissa), frac)
-    sign = torch.where(nan, torch.zeros_like(sign), sign)
     return sign, exp_field.to(torch.int64), frac.to(torch.int64)
 
 

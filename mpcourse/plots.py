@@ -16,7 +16,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
 
-from .formats import FORMATS, FloatFormat, round_to
+from .formats import FORMATS, FloatFormat, round_to, spacing
 
 COLORS = {"sign": "#e76f51", "exponent": "#2a9d8f", "mantissa": "#457b9d"}
 
@@ -72,38 +72,61 @@ def representable_values(fmt: FloatFormat, lo: float, hi: float) -> torch.Tensor
 def plot_number_line(
     fmt: FloatFormat, lo: float = 0.0, hi: float = 8.0, ax: Axes | None = None
 ) -> Axes:
-    """Tick marks at every representable value of ``fmt`` between ``lo`` and ``hi``."""
+    """Tick marks at every representable value of ``fmt`` between ``lo`` and ``hi``.
+
+    Red lines mark the powers of two that start each normal binade; the grey
+    band is the subnormal range (evenly spaced, fewer values).
+    """
     ax = _axes(ax, (11, 1.4))
     values = representable_values(fmt, lo, hi)
+    ax.axvspan(lo, min(fmt.min_normal, hi), color="#dddddd", label="subnormal")
     ax.vlines(values.numpy(), 0, 1, linewidth=0.8, color=COLORS["mantissa"])
-    for p in range(math.ceil(math.log2(max(lo, fmt.min_subnormal))), math.floor(math.log2(hi)) + 1):
+    first = math.ceil(math.log2(max(lo, fmt.min_normal)))
+    for p in range(first, math.floor(math.log2(hi)) + 1):
         ax.axvline(2.0**p, ymin=0, ymax=1, color=COLORS["sign"], linewidth=1.2)
     ax.set_yticks([])
     ax.set_xlim(lo, hi)
     ax.set_title(
-        f"{fmt.name}: {len(values)} values in [{lo:g}, {hi:g}]; red lines at powers "
-        "of two: each binade holds the same count, so spacing doubles"
+        f"{fmt.name}: {len(values)} values in [{lo:g}, {hi:g}]; red lines at powers of two: "
+        f"each normal binade holds {2**fmt.mantissa_bits} values, so the spacing doubles",
+        fontsize=10,
     )
     return ax
 
 
-def plot_spacing(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None = None) -> Axes:
-    """Spacing between neighbouring values (one ulp) against magnitude, log-log, per format."""
+def plot_spacing(
+    formats: Sequence[FloatFormat] = FORMATS,
+    lo: float = 2.0**-26,
+    hi: float = 2.0**17,
+    ax: Axes | None = None,
+) -> Axes:
+    """Spacing between neighbouring values (one ulp) against magnitude, log-log, per format.
+
+    The default window, $[2^{-26}, 2^{17}]$, covers FP16's and FP8's whole range.
+    """
     ax = _axes(ax, (9, 4.5))
-    for fmt in formats:
-        lo = math.log2(fmt.min_subnormal)
-        hi = math.log2(fmt.max)
-        x = torch.exp2(torch.linspace(lo, hi, 2000, dtype=torch.float64))
+    styles = ["-", "--", "-", "-.", "-", ":"]
+    for i, fmt in enumerate(formats):
+        top = min(hi, fmt.max)
+        x = torch.exp2(torch.linspace(math.log2(lo), math.log2(top), 4000, dtype=torch.float64))
         x = round_to(x, fmt).double().unique()
         x = x[torch.isfinite(x) & (x > 0)]
-        e = torch.clamp(torch.floor(torch.log2(x)), min=fmt.emin)
-        ulp = torch.exp2(e - fmt.mantissa_bits)
-        ax.step(x.numpy(), ulp.numpy(), where="post", label=fmt.name)
+        ulp = spacing(x, fmt)
+        ax.step(
+            x.numpy(),
+            ulp.numpy(),
+            where="post",
+            label=fmt.name,
+            linestyle=styles[i % len(styles)],
+            linewidth=1.6,
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    ax.set_xlim(lo, hi)
+    ax.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("|x|")
     ax.set_ylabel("gap to the next value (ulp)")
-    ax.set_title("Precision: the gap grows with |x| (flat on the left: subnormals)")
+    ax.set_title("Precision: the gap doubles with every power of two (flat where subnormal)")
     ax.legend(fontsize=8)
     return ax
 

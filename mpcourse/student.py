@@ -10,8 +10,8 @@ nbgrader's markers::
 
 :func:`strip_solutions` replaces each marked block by
 ``raise NotImplementedError("...")`` at the block's indentation, keeps any
-``### HINT: ...`` lines of the block as comments, clears that cell's outputs
-and execution count, and shows its source (the course version hides it so a
+``### HINT: ...`` lines of the block as comments, clears the outputs of that
+cell and of the check cell after it, and shows its source (the course version hides it so a
 student can try first). Everything else is copied unchanged, outputs
 included, so the student still sees every demonstration.
 
@@ -87,6 +87,10 @@ def strip_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         cell.metadata.get("jupyter", {}).pop("source_hidden", None)
         if "jupyter" in cell.metadata and not cell.metadata["jupyter"]:
             del cell.metadata["jupyter"]
+        check = next((c for c in nb.cells[index + 1 :] if c.cell_type == "code"), None)
+        if check is not None and "checks." in "".join(check.source):
+            check.outputs = []  # its "Correct: ..." would give the answer away
+            check.execution_count = None
     return nb
 
 

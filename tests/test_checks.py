@@ -51,6 +51,11 @@ def test_decode_check(capsys):
 
     with pytest.raises(checks.CheckFailed, match="-0.0"):
         checks.check_decode(no_negative_zero)
+    wrong_bias = lambda b: (
+        decode(b, FP16) / 2 if b.split()[1] not in ("00000", "11111") else decode(b, FP16)
+    )  # noqa: E731
+    with pytest.raises(checks.CheckFailed, match="the bias is 15"):
+        checks.check_decode(wrong_bias)
     with pytest.raises(checks.NotAnswered, match="replace the `raise NotImplementedError`"):
         checks.check_decode(stub)
     with pytest.raises(checks.NotAnswered, match="No answer yet"):
@@ -74,13 +79,20 @@ def test_round_toy_check():
     half_up = lambda x: float(math.copysign(math.floor(abs(x) * 4 + 0.5) / 4, x))  # noqa: E731
     with pytest.raises(checks.CheckFailed, match="round_toy"):
         checks.check_round_toy(half_up)
+
+    def loses_sign(x):
+        r = float(round_to(x, TOY))
+        return 0.0 if r == 0 else r
+
+    with pytest.raises(checks.CheckFailed, match=r"round_toy\(-0\.0\): expected -0\.0, got 0\.0"):
+        checks.check_round_toy(loses_sign)
     with pytest.raises(checks.NotAnswered):
         checks.check_round_toy(stub)
 
 
 def test_format_limits_check():
-    def right(e, m):
-        f = FloatFormat(e, m)
+    def right(e, m, finite=False):
+        f = FloatFormat(e, m, finite=finite)
         return {
             "max": f.max,
             "min_normal": f.min_normal,
@@ -88,16 +100,36 @@ def test_format_limits_check():
             "eps": f.eps,
         }
 
-    def wrong_max(e, m):
-        d = right(e, m)
-        d["max"] = 2.0 ** (2 ** (e - 1))
-        return d
+    def wrong_max(e, m, finite=False):
+        return {**right(e, m, finite), "max": 2.0 ** (2 ** (e - 1))}
+
+    def unit_roundoff(e, m, finite=False):
+        return {**right(e, m, finite), "eps": 2.0 ** -(m + 1)}
+
+    def ieee_only(e, m, finite=False):
+        return right(e, m)
 
     assert checks.check_format_limits(right)
-    with pytest.raises(checks.CheckFailed, match=r"limits\(5, 10\)\['max'\]"):
+    with pytest.raises(checks.CheckFailed, match=r"limits\(5, 10, False\)\['max'\]"):
         checks.check_format_limits(wrong_max)
+    with pytest.raises(checks.CheckFailed, match="not the unit roundoff"):
+        checks.check_format_limits(unit_roundoff)
+    with pytest.raises(checks.CheckFailed, match=r"limits\(4, 3, True\)\['max'\]: expected 448"):
+        checks.check_format_limits(ieee_only)
     with pytest.raises(checks.CheckFailed, match="dict with keys"):
-        checks.check_format_limits(lambda e, m: 1.0)
+        checks.check_format_limits(lambda e, m, finite=False: 1.0)
+
+
+def test_e4m3_max_check():
+    assert checks.check_e4m3_max(448.0)
+    with pytest.raises(checks.CheckFailed, match="no infinities"):
+        checks.check_e4m3_max(240)
+    with pytest.raises(checks.CheckFailed, match="NaN"):
+        checks.check_e4m3_max(480)
+    with pytest.raises(checks.CheckFailed, match="expected 448"):
+        checks.check_e4m3_max(500)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_e4m3_max(None)
 
 
 def test_setup_checks():
@@ -111,5 +143,8 @@ def test_setup_checks():
     assert checks.check_nbytes(lambda t: t.numel() * t.element_size())
     with pytest.raises(checks.CheckFailed, match="float16 tensor: expected 30, got 60"):
         checks.check_nbytes(lambda t: t.numel() * 4)
+    with pytest.raises(checks.CheckFailed, match="3x2 view"):
+        checks.check_nbytes(lambda t: t.untyped_storage().nbytes())
+    assert checks.check_amp_choice({"cpu": [torch.bfloat16, False], "cuda": [torch.float16, True]})
     with pytest.raises(checks.NotAnswered):
         checks.check_nbytes(stub)

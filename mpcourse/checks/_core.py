@@ -88,6 +88,8 @@ def same_value(got: Any, expected: Any, *, rtol: float = 0.0, atol: float = 0.0)
             return math.isnan(expected) and math.isnan(got)
         if math.isinf(expected) or math.isinf(got):
             return expected == got
+        if expected == 0 and got == 0:  # -0.0 and 0.0 differ in their sign bit
+            return math.copysign(1, got) == math.copysign(1, expected)
         return abs(got - expected) <= atol + rtol * abs(expected)
     return got == expected
 

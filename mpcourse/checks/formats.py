@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..formats import FP16, FloatFormat, decode, round_to
+from ..formats import FP8_E4M3, FP16, FloatFormat, decode, round_to
 from ._core import call_answer, check_function, expect_equal, fail, passed, require_answer
 
 _FP16_CASES = [
@@ -33,8 +33,8 @@ def check_decode(decode_fp16: Callable[[str], float]) -> bool:
         expected = decode(bits, FP16)
         if not isinstance(got, (int, float)) or isinstance(got, bool):
             fail(f"decode_fp16({bits!r}) should return a number, got {type(got).__name__}.")
-        hint = ""
-        if bits.startswith("0 00000") and expected != 0:
+        hint = "normal numbers are (-1)^s * 2^(e - 15) * (1 + m / 2^10): the bias is 15."
+        if bits.split()[1] == "00000" and expected != 0:
             hint = (
                 "exponent field 0 means a subnormal: 2^(1 - bias) * (0 + m / 2^10), no implicit 1."
             )
@@ -71,6 +71,31 @@ def check_fp16_max(answer: float) -> bool:
     return passed(f"FP16's max is (2 - 2^-10) * 2^15 = {expected:g}, as torch.finfo says.")
 
 
+def check_e4m3_max(answer: float) -> bool:
+    """Check FP8 E4M3's largest value, derived from its "fn" layout."""
+    require_answer(answer, "`answer`")
+    if answer == 240:
+        fail(
+            "240 = 1.875 * 2^7 treats E4M3 like an IEEE format, but E4M3 has no infinities: "
+            "its all-ones exponent (1111) holds normal numbers too."
+        )
+    if answer == 480:
+        fail(
+            "480 = 1.875 * 2^8 uses the pattern 0 1111 111, which is E4M3's NaN: "
+            "the top mantissa at the top exponent is 110."
+        )
+    expect_equal(
+        answer,
+        FP8_E4M3.max,
+        "FP8 E4M3's largest value",
+        hint="bias 7, largest exponent 15 - 7 = 8, largest mantissa 110 = 6/8.",
+    )
+    return passed(
+        "E4M3's max is (1 + 6/8) * 2^8 = 448: the all-ones exponent holds numbers, "
+        "only 1111 111 is NaN."
+    )
+
+
 TOY = FloatFormat(3, 2, "E3M2")
 
 
@@ -98,24 +123,43 @@ def check_round_toy(round_toy: Callable[[float], float]) -> bool:
     )
 
 
-def check_format_limits(limits: Callable[[int, int], dict]) -> bool:
-    """Check ``limits(E, M)`` -> dict of max, min_normal, min_subnormal and eps."""
+_LIMIT_HINTS = {
+    "max": "largest exponent emax = 2^E - 2 - bias (2^E - 1 - bias when finite, where the "
+    "all-ones mantissa is NaN), largest mantissa all ones (all ones but one when finite).",
+    "min_normal": "the smallest normal exponent is emin = 1 - bias: 2^emin.",
+    "min_subnormal": "subnormals are 2^emin * m / 2^M, so the smallest is 2^(emin - M).",
+    "eps": "eps is the gap between 1 and the next value, 2^-M (not the unit roundoff 2^-(M+1)).",
+}
+
+
+def check_format_limits(limits: Callable[..., dict]) -> bool:
+    """Check ``limits(E, M, finite=False)`` -> dict of max, min_normal, min_subnormal and eps."""
     require_answer(limits, "`limits`")
     keys = ("max", "min_normal", "min_subnormal", "eps")
-    for e, m in ((5, 10), (8, 7), (8, 23), (5, 2), (3, 2), (6, 9)):
-        got = call_answer(limits, e, m, what="limits")
+    layouts = (
+        (5, 10, False),
+        (8, 7, False),
+        (8, 23, False),
+        (5, 2, False),
+        (3, 2, False),
+        (6, 9, False),
+        (4, 3, True),
+        (5, 2, True),
+    )
+    for e, m, finite in layouts:
+        got = call_answer(limits, e, m, finite, what="limits")
         if not isinstance(got, dict) or set(keys) - set(got):
-            fail(f"limits({e}, {m}) should return a dict with keys {keys}, got {got!r}.")
-        fmt = FloatFormat(e, m)
+            fail(f"limits({e}, {m}, {finite}) should return a dict with keys {keys}, got {got!r}.")
+        fmt = FloatFormat(e, m, finite=finite)
         for key in keys:
             expect_equal(
                 float(got[key]),
                 getattr(fmt, key),
-                f"limits({e}, {m})[{key!r}]",
+                f"limits({e}, {m}, {finite})[{key!r}]",
                 rtol=1e-12,
-                hint="bias = 2^(E-1) - 1, emin = 1 - bias, emax = 2^E - 2 - bias.",
+                hint=f"bias = 2^(E-1) - 1; {_LIMIT_HINTS[key]}",
             )
     return passed(
-        "limits() derives max, min normal, min subnormal and eps for IEEE-like formats "
-        "of any width (checked on 6 layouts, FP16/BF16/FP32 included)."
+        "limits() derives max, min normal, min subnormal and eps for 8 layouts: "
+        "FP16, BF16, FP32, FP8 E5M2, E4M3 (finite) and toy formats."
     )

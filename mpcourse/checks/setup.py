@@ -16,7 +16,7 @@ def check_amp_choice(answer: dict) -> bool:
     if not isinstance(answer, dict) or set(answer) != {"cpu", "cuda"}:
         fail(f"answer should be a dict with the keys 'cpu' and 'cuda', got {answer!r}.")
     for device_type, choice in answer.items():
-        if not (isinstance(choice, tuple) and len(choice) == 2):
+        if not (isinstance(choice, (tuple, list)) and len(choice) == 2):
             fail(f"answer[{device_type!r}] should be a pair (dtype, needs_scaler), got {choice!r}.")
         dtype, scaler = choice
         expected = amp_dtype(torch.device(device_type))
@@ -46,14 +46,16 @@ def check_nbytes(nbytes: Callable[[torch.Tensor], int]) -> bool:
         torch.int8,
         torch.float8_e4m3fn,
     ):
-        t = torch.zeros(3, 5, dtype=dtype)
-        got = call_answer(nbytes, t, what="nbytes")
-        expect_equal(
-            got,
-            t.numel() * t.element_size(),
-            f"nbytes of a 3x5 {dtype} tensor",
-            hint="numel() elements times element_size() bytes each.",
-        )
+        full = torch.zeros(3, 5, dtype=dtype)
+        for t, name in ((full, "3x5"), (full[:, :2], "3x2 view of a 3x5")):
+            got = call_answer(nbytes, t, what="nbytes")
+            expect_equal(
+                got,
+                t.numel() * t.element_size(),
+                f"nbytes of a {name} {dtype} tensor",
+                hint="numel() elements times element_size() bytes each (a view shares its "
+                "base's storage, so count the view's elements, not the storage).",
+            )
     return passed(
         "nbytes works for 6 dtypes: FP16 and BF16 take half the bytes of FP32, FP8 a quarter."
     )
