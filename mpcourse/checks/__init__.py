@@ -8,16 +8,61 @@ Chapter modules register their checks here by name (one import line each).
 """
 
 from ._core import CheckFailed, NotAnswered
-from .formats import check_decode, check_format_limits, check_fp16_max, check_round_toy
+from .autocast import check_autocast_categories, check_fp32_function, check_safe_bce
+from .bench import check_arithmetic_intensity, check_pad_to_multiple
+from .formats import (
+    check_decode,
+    check_e4m3_max,
+    check_format_limits,
+    check_fp16_max,
+    check_round_toy,
+)
+from .fp8 import check_bf16_smallest_update, check_fp8_scale, check_tf32_matmul
+from .numerics import (
+    check_adam_eps,
+    check_flushed_share,
+    check_lost_fraction,
+    check_stable_softmax,
+    check_update_survives,
+)
+from .scaling import (
+    check_bytes_per_parameter,
+    check_master_step,
+    check_scale_trajectory,
+    check_static_scale,
+    check_update_scale,
+)
 from .setup import check_amp_choice, check_nbytes
+from .train import check_amp_step, check_resume
 
 __all__ = [
     "CheckFailed",
     "NotAnswered",
     "check_decode",
     "check_fp16_max",
+    "check_e4m3_max",
     "check_round_toy",
     "check_format_limits",
     "check_amp_choice",
     "check_nbytes",
+    "check_master_step",
+    "check_bytes_per_parameter",
+    "check_update_scale",
+    "check_scale_trajectory",
+    "check_static_scale",
+    "check_autocast_categories",
+    "check_safe_bce",
+    "check_fp32_function",
+    "check_amp_step",
+    "check_resume",
+    "check_bf16_smallest_update",
+    "check_tf32_matmul",
+    "check_fp8_scale",
+    "check_arithmetic_intensity",
+    "check_pad_to_multiple",
+    "check_update_survives",
+    "check_stable_softmax",
+    "check_lost_fraction",
+    "check_flushed_share",
+    "check_adam_eps",
 ]

@@ -1,0 +1,247 @@
+"""Gradient statistics: which gradients fit in FP16, and which are flushed to zero.
+
+:func:`capture_gradients` runs one forward and backward pass and records
+
+* **activation gradients** ``dL/da`` for the output ``a`` of every leaf module
+  (a tensor hook on each output; a module called twice, like the seed's
+  ``pool``, gives ``pool``, ``pool#2``);
+* **weight gradients** ``dL/dW``, each parameter's ``.grad``.
+
+:func:`gradient_stats` sorts the values against a format's window (zero,
+below the smallest subnormal, below the smallest normal, above the max) and
+measures the share of *nonzero* values that a cast to FP16 turns into 0.
+:func:`plot_gradient_histogram` draws the histogram of ``log2 |g|`` with the
+FP16 and BF16 windows on it: the shape of Figure 3 of Micikevicius et al.
+(2018), "Mixed Precision Training".
+
+Taught in course/03_training_in_pure_fp16.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from torch import nn
+
+from .formats import BF16, FP16, FloatFormat
+
+__all__ = [
+    "GradientCapture",
+    "capture_gradients",
+    "gradient_stats",
+    "flushed_share",
+    "stats_table",
+    "plot_gradient_histogram",
+]
+
+
+@dataclass
+class GradientCapture:
+    """Gradients of one backward pass: ``activation[name]`` and ``weight[name]``, float32 copies.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+
+    loss: float
+    dtype: torch.dtype
+    activation: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def all(self, kind: str = "activation") -> torch.Tensor:
+        """Every recorded value of one kind (``"activation"`` or ``"weight"``), flattened."""
+        if kind not in ("activation", "weight"):
+            raise ValueError(f"kind must be 'activation' or 'weight', got {kind!r}")
+        values = list(getattr(self, kind).values())
+        if not values:
+            return torch.zeros(0)
+        return torch.cat([v.flatten() for v in values])
+
+
+def capture_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> GradientCapture:
+    """Run ``loss_fn(model(x), y).backward()`` and record activation and weight gradients.
+
+    ``loss_fn`` defaults to ``F.cross_entropy`` with its mean over the batch,
+    ``L = (1/N) sum_i CE(f(x_i), y_i)``, so every gradient carries a factor
+    ``1/N``. Gradients are recorded in the dtype the model computes in (run an
+    FP16 model to see FP16 gradients) and returned as float32 copies on the CPU.
+    The model's ``.grad`` fields are zeroed first and hold this pass's
+    gradients afterwards; hooks are removed even if the pass fails.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    model.zero_grad(set_to_none=True)
+    captured: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def forward_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            calls[name] = calls.get(name, 0) + 1
+            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
+
+            def store(grad: torch.Tensor) -> None:
+                captured[key] = grad.detach().float().cpu().clone()
+
+            output.register_hook(store)
+
+        return hook
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    handles = [m.register_forward_hook(forward_hook(n)) for n, m in leaves]
+    try:
+        out = model(x)
+        loss = loss_fn(out, y)
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    order = [k for n, _ in leaves for k in sorted(captured) if k.split("#")[0] == n]
+    weights = {
+        n: p.grad.detach().float().cpu().clone()
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
+    return GradientCapture(
+        loss=float(loss.detach()),
+        dtype=out.dtype,
+        activation={k: captured[k] for k in order},
+        weight=weights,
+    )
+
+
+def flushed_share(values: torch.Tensor, dtype: torch.dtype = torch.float16) -> float:
+    """Share of the *nonzero* ``values`` that become 0 when cast to ``dtype``.
+
+    ``#{g != 0 and cast(g) == 0} / #{g != 0}``; in FP16 that is ``|g| <= 2^-25``.
+    Returns 0.0 when there is no nonzero value.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    v = values.detach().flatten().float()
+    nonzero = v != 0
+    n = int(nonzero.sum())
+    if n == 0:
+        return 0.0
+    return int((nonzero & (v.to(dtype) == 0)).sum()) / n
+
+
+def gradient_stats(values: torch.Tensor, fmt: FloatFormat = FP16) -> dict[str, float]:
+    """Where gradient values fall relative to ``fmt``'s window, as shares of all values.
+
+    Keys: ``count``; ``zero`` (exactly 0); ``below_min_subnormal``
+    (``0 < |g| < fmt.min_subnormal``, 2^-24 for FP16); ``below_min_normal``
+    (``0 < |g| < fmt.min_normal``, 2^-14: kept only as subnormals, with fewer
+    significant bits); ``above_max`` (``|g| > fmt.max``, 65504);
+    ``flushed_to_zero``: share of the *nonzero* values that become 0 in ``fmt``
+    (computed by an actual cast when ``fmt`` has a torch dtype).
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"fmt must be a mpcourse.formats.FloatFormat (e.g. FP16), got {fmt!r}")
+    v = values.detach().flatten().float().abs()
+    n = v.numel()
+    if n == 0:
+        raise ValueError("gradient_stats needs at least one value (was the backward pass run?)")
+    nonzero = v != 0
+    if fmt.torch_dtype is not None:
+        flushed = flushed_share(v, fmt.torch_dtype)
+    else:
+        n_nz = int(nonzero.sum())
+        flushed = int((nonzero & (v <= fmt.min_subnormal / 2)).sum()) / n_nz if n_nz else 0.0
+    return {
+        "count": float(n),
+        "zero": int((~nonzero).sum()) / n,
+        "below_min_subnormal": int((nonzero & (v < fmt.min_subnormal)).sum()) / n,
+        "below_min_normal": int((nonzero & (v < fmt.min_normal)).sum()) / n,
+        "above_max": int((v > fmt.max).sum()) / n,
+        "flushed_to_zero": flushed,
+    }
+
+
+def stats_table(capture: GradientCapture, kind: str = "activation", fmt: FloatFormat = FP16) -> str:
+    """A text table of :func:`gradient_stats` per layer and for all layers together.
+
+    Columns are percentages (2 decimals), so the table prints the same on every run.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    all_values = capture.all(kind)  # checks `kind`
+    rows = {**getattr(capture, kind), "ALL": all_values}
+    head = (
+        f"{'layer':<12}{'values':>9}{'zero%':>8}{'<sub%':>8}{'<norm%':>8}{'>max%':>7}"
+        f"{'flushed%':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, values in rows.items():
+        s = gradient_stats(values, fmt)
+        lines.append(
+            f"{name:<12}{int(s['count']):>9}{100 * s['zero']:>8.2f}"
+            f"{100 * s['below_min_subnormal']:>8.2f}{100 * s['below_min_normal']:>8.2f}"
+            f"{100 * s['above_max']:>7.2f}{100 * s['flushed_to_zero']:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_gradient_histogram(
+    values: torch.Tensor,
+    ax: Axes | None = None,
+    *,
+    formats: tuple[FloatFormat, ...] = (FP16, BF16),
+    bins: int = 80,
+    title: str = "Activation gradients",
+    label: str | None = None,
+) -> Axes:
+    """Histogram of ``log2 |g|`` over the nonzero values, with each format's window shaded.
+
+    A format represents magnitudes from ``min_subnormal`` to ``max``; its window
+    is drawn as a band, the normal range starts at the dashed line
+    (``min_normal``). Values left of FP16's band become 0 in FP16. The share of
+    exact zeros is written in the legend (they have no logarithm).
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    v = values.detach().flatten().float().abs()
+    nonzero = v[v != 0]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.6))
+    colors = {"FP16": "#e76f51", "BF16": "#2a9d8f"}
+    lo = math.log2(min(f.min_subnormal for f in formats)) if formats else -30
+    for i, fmt in enumerate(formats):
+        color = colors.get(fmt.name, f"C{i + 2}")
+        left, right = math.log2(fmt.min_subnormal), math.log2(fmt.max)
+        ax.axvspan(left, right, color=color, alpha=0.12, label=f"{fmt.name} range")
+        ax.axvline(math.log2(fmt.min_normal), color=color, ls="--", lw=1)
+        ax.axvline(left, color=color, lw=1.5)
+    zero_share = 1 - nonzero.numel() / max(v.numel(), 1)
+    if nonzero.numel():
+        logs = nonzero.log2()
+        ax.hist(
+            logs.numpy(),
+            bins=bins,
+            color="#264653",
+            alpha=0.85,
+            label=(label or "log2|g| (nonzero)") + f"; zeros: {100 * zero_share:.1f}%",
+        )
+        lo = min(lo, float(logs.min()) - 1)
+    ax.set_xlim(max(lo, -150), 20)
+    ax.set_yscale("log")
+    ax.set_xlabel("log2 |gradient|")
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax

@@ -1,0 +1,224 @@
+"""The chapter-03 experiment: one model, one data set, one seed, in FP32 or in pure FP16.
+
+"Pure FP16" is the naive recipe: ``model.half()`` and FP16 inputs, so the
+weights, activations, gradients *and* the optimizer state are FP16, and every
+update ``w <- w - lr * step`` is rounded to FP16 when it is stored. There is
+no FP32 master copy and no loss scaling (chapters 04 and 05 add them).
+
+:func:`train` runs it and returns a :class:`History` with the loss and
+accuracy per step and, per step, how many weight updates were *attempted*
+(nonzero gradient) and how many were *lost* (the stored weight did not
+change). The building blocks (:func:`make_optimizer`, :func:`lost_updates`,
+:func:`evaluate`, :func:`batches`) are public so that other chapters can
+reuse the same setup, e.g. to add FP32 master weights.
+
+Taught in course/03_training_in_pure_fp16.ipynb.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .data import make_loader
+from .progress import progress
+
+__all__ = [
+    "PRECISIONS",
+    "History",
+    "make_optimizer",
+    "batches",
+    "lost_updates",
+    "evaluate",
+    "train",
+]
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class History:
+    """What :func:`train` measured, one entry per optimizer step.
+
+    ``loss`` and ``accuracy`` are on the training batch of that step;
+    ``attempted[i]`` counts the weights with a nonzero gradient at step ``i``,
+    ``lost[i]`` those among them whose stored value did not change.
+    ``nonfinite_step`` is the first step whose loss was inf/NaN (None if none).
+    ``eval_loss``/``eval_accuracy`` are measured on ``eval_data`` at the end.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+
+    precision: str
+    optimizer: str
+    lr: float
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    attempted: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    nonfinite_step: int | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    model: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def steps(self) -> int:
+        return len(self.loss)
+
+    @property
+    def lost_share(self) -> float:
+        """``sum(lost) / sum(attempted)`` over the run: the share of updates rounded away."""
+        total = sum(self.attempted)
+        return sum(self.lost) / total if total else 0.0
+
+    def mean_loss(self, last: int = 20) -> float:
+        """Mean training loss over the last ``last`` steps (smooths batch noise)."""
+        tail = self.loss[-last:]
+        return sum(tail) / len(tail) if tail else math.nan
+
+
+def make_optimizer(
+    params: object,
+    name: str = "sgd",
+    lr: float = 0.01,
+    *,
+    momentum: float = 0.0,
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """``torch.optim.SGD(params, lr, momentum)`` or ``torch.optim.Adam(params, lr, eps=eps)``.
+
+    SGD: ``w <- w - lr * g`` (with momentum ``b <- mu b + g``, ``w <- w - lr b``).
+    Adam: ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
+    ``w <- w - lr * m_hat / (sqrt(v_hat) + eps)``; its state has the dtype of the
+    parameters, so FP16 for an FP16 model.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        # foreach=False: the plain per-parameter loop, the same arithmetic on every device
+        return torch.optim.Adam(params, lr=lr, eps=eps, foreach=False)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def batches(dataset: TensorDataset, batch_size: int, seed: int) -> Iterator[tuple]:
+    """Endless ``(x, y)`` batches: epoch ``k`` is shuffled with seed ``seed + k``.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    epoch = 0
+    while True:
+        yield from make_loader(dataset, batch_size, shuffle=True, seed=seed + epoch)
+        epoch += 1
+
+
+@torch.no_grad()
+def lost_updates(before: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[int, int]:
+    """``(attempted, lost)``: weights with a nonzero gradient, and those that did not change.
+
+    ``before`` are copies of ``params`` taken before ``optimizer.step()``; a
+    weight counts as *lost* when ``g != 0`` but ``w_after == w_before``: the
+    update was rounded away (swamping) or underflowed to 0 itself.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    attempted = lost = 0
+    for old, p in zip(before, params, strict=True):
+        if p.grad is None:
+            continue
+        tried = p.grad != 0
+        attempted += int(tried.sum())
+        lost += int((tried & (p == old)).sum())
+    return attempted, lost
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: TensorDataset, batch_size: int = 512
+) -> tuple[float, float]:
+    """``(mean cross-entropy, accuracy)`` of ``model`` on ``dataset``, in the model's dtype.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    p = next(model.parameters())
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y in make_loader(dataset, batch_size, shuffle=False):
+        x, y = x.to(p.device, p.dtype), y.to(p.device)
+        out = model(x)
+        total_loss += float(F.cross_entropy(out.float(), y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    return total_loss / n, correct / n
+
+
+def train(
+    model: nn.Module,
+    dataset: TensorDataset,
+    *,
+    precision: str = "fp32",
+    optimizer: str = "sgd",
+    lr: float = 0.01,
+    steps: int = 300,
+    batch_size: int = 64,
+    seed: int = 0,
+    momentum: float = 0.0,
+    eps: float = 1e-8,
+    eval_data: TensorDataset | None = None,
+    device: torch.device | str | None = None,
+    stop_on_nonfinite: bool = True,
+) -> History:
+    """Train a *copy* of ``model`` for ``steps`` steps in ``"fp32"`` or pure ``"fp16"``.
+
+    Each step: ``x -> x.to(dtype)``, ``L = mean_i CE(f(x_i), y_i)`` (the loss is
+    averaged over the batch, as in the seed), ``L.backward()``, one optimizer
+    step; the weight copies taken before the step give the lost-update count.
+    The copy keeps ``model``'s initial weights, so two calls with the same
+    ``model`` and ``seed`` start from the same point and see the same batches.
+    With ``stop_on_nonfinite`` the run stops at the first inf/NaN loss.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    dtype = PRECISIONS[precision]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    net = copy.deepcopy(model).to(device=device, dtype=dtype)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = make_optimizer(params, optimizer, lr, momentum=momentum, eps=eps)
+    hist = History(precision=precision, optimizer=optimizer, lr=lr, model=net)
+    data = batches(dataset, batch_size, seed)
+    net.train()
+    for step in progress(range(steps), desc=f"{precision} {optimizer}"):
+        x, y = next(data)
+        x, y = x.to(device, dtype), y.to(device)
+        out = net(x)
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        attempted, lost = lost_updates(before, params)
+        value = float(loss.detach())
+        hist.loss.append(value)
+        hist.accuracy.append(float((out.argmax(1) == y).float().mean()))
+        hist.attempted.append(attempted)
+        hist.lost.append(lost)
+        if not math.isfinite(value) and hist.nonfinite_step is None:
+            hist.nonfinite_step = step
+            if stop_on_nonfinite:
+                break
+    if eval_data is not None:
+        hist.eval_loss, hist.eval_accuracy = evaluate(net, eval_data)
+    return hist

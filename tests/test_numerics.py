@@ -1,0 +1,241 @@
+"""mpcourse.numerics against torch's own casts and arithmetic, and the chapter 02/03 checks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mpcourse import checks, numerics
+from mpcourse.formats import BF16, FP16, TF32
+from mpcourse.hooks import flushed_share
+
+half, bf16 = torch.float16, torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [half, bf16])
+def test_overflow_threshold_is_where_the_cast_gives_inf(dtype):
+    t = numerics.overflow_threshold(dtype)
+    below = torch.nextafter(torch.tensor(t), torch.tensor(0.0))  # float32, just below t
+    assert torch.isinf(torch.tensor(t).to(dtype)) and torch.isinf(torch.tensor(-t).to(dtype))
+    assert torch.tensor(below.item()).to(dtype).item() == torch.finfo(dtype).max
+    assert numerics.overflow_threshold(half) == 65520.0
+
+
+@pytest.mark.parametrize("dtype", [half, bf16])
+def test_underflow_threshold_is_where_the_cast_gives_zero(dtype):
+    t = numerics.underflow_threshold(dtype)
+    above = torch.nextafter(torch.tensor(t), torch.tensor(1.0))
+    assert torch.tensor(t).to(dtype) == 0 and torch.tensor(-t).to(dtype) == 0
+    assert torch.tensor(above.item()).to(dtype) != 0
+    assert numerics.underflow_threshold(half) == 2.0**-25
+
+
+def test_format_of_and_bad_dtype():
+    assert numerics.format_of(half) is FP16 and numerics.format_of(BF16) is BF16
+    with pytest.raises(ValueError, match="unsupported dtype torch.int32"):
+        numerics.format_of(torch.int32)
+
+
+def test_rounding_and_thresholds():
+    assert torch.tensor(1 + 2**-11).half() == 1 and torch.tensor(1 + 2**-10).half() != 1
+    assert numerics.update_threshold(1.0).item() == 2.0**-11
+    assert numerics.update_threshold(torch.tensor([1024.0, 0.0])).tolist() == [0.5, 2.0**-25]
+    assert numerics.swamping_ratio(half) == 2048 and numerics.swamping_ratio(bf16) == 256
+    assert numerics.swamping_ratio(TF32) == 2048
+
+
+def test_update_survives_matches_real_fp16_and_bf16_addition():
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (half, bf16):
+        w = (torch.randn(50_000, generator=gen) * 0.1).to(dtype)
+        scale = torch.exp2(torch.empty(50_000).uniform_(-16, -4, generator=gen))
+        u = (w.float() * scale * torch.randn(50_000, generator=gen).sign()).to(dtype)
+        real = (w + u) != w  # fp16 + fp16 in torch: computed in float32, rounded once
+        assert torch.equal(numerics.update_survives(w.float(), u.float(), dtype), real)
+
+
+@given(
+    st.floats(min_value=2.0**-10, max_value=1000.0),
+    st.floats(min_value=1.0, max_value=2.0**14),
+)
+def test_swamping_ratio_bounds(w, ratio):
+    w16 = torch.tensor(w).half().item()
+    u = w16 / ratio
+    survived = bool(numerics.update_survives(w16, u))
+    if ratio < 2048:
+        assert survived
+    elif ratio > 4096:
+        assert not survived
+
+
+def test_sequential_sum_stagnates_and_fp32_accumulation_does_not():
+    x = np.full(5000, 0.5)
+    assert numerics.sequential_sum(x, half) == 1024.0  # 1024 + 0.5 is a tie: rounds to even
+    assert numerics.sequential_sum(x, half, accumulate=torch.float32) == 2500.0
+    ones = torch.ones(3000)
+    assert numerics.sequential_sum(ones, half) == 2048.0  # 2048 + 1 is a tie
+    python_loop = np.float16(0)
+    for v in np.linspace(0, 1, 300).astype(np.float16):
+        python_loop = np.float16(python_loop + v)
+    assert numerics.sequential_sum(np.linspace(0, 1, 300), half) == float(python_loop)
+
+
+def test_kahan_and_pairwise():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3000, generator=gen).half()
+    exact = x.double().sum().item()
+    assert abs(numerics.kahan_sum(x, half) - exact) <= FP16.eps * exact
+    assert numerics.pairwise_sum(torch.ones(1000), half) == 1000.0
+    assert numerics.pairwise_sum(torch.tensor([2.0]), half) == 2.0
+    assert abs(numerics.pairwise_sum(x, half) - exact) <= 2 * FP16.eps * exact
+    assert numerics.kahan_sum([1.0, 2.0], torch.float32) == 3.0
+
+
+def test_accumulation_errors_table():
+    errors = numerics.accumulation_errors([10, 5000], seed=0)
+    assert set(errors) == {
+        "fp16",
+        "fp32 accumulate",
+        "pairwise fp16",
+        "kahan fp16",
+        "exact, rounded to fp16",
+    }
+    assert errors["fp16"][1] > 0.1 and errors["fp32 accumulate"][1] < 1e-5
+    assert errors["kahan fp16"] == errors["exact, rounded to fp16"]
+    assert "kahan fp16" not in numerics.accumulation_errors([10], kahan=False)
+    assert errors == numerics.accumulation_errors([10, 5000], seed=0)
+
+
+def test_sum_bad_input():
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        numerics.sequential_sum(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        numerics.kahan_sum([])
+    with pytest.raises(ValueError, match="support torch.float16, torch.float32 and torch.float64"):
+        numerics.sequential_sum([1.0], bf16)
+    with pytest.raises(ValueError, match="accumulate must be"):
+        numerics.sequential_sum([1.0], half, accumulate=bf16)
+    with pytest.raises(ValueError, match="at least one value"):
+        numerics.pairwise_sum(torch.zeros(0))
+    with pytest.raises(ValueError, match="ns must be a non-empty list of positive ints"):
+        numerics.accumulation_errors([0])
+
+
+def test_softmax_forms():
+    x = torch.tensor([[10.0, 12.0, 20.0], [-3.0, 0.0, 3.0]]).half()
+    assert torch.isnan(numerics.naive_softmax(x)[0]).any()
+    stable = numerics.stable_softmax(x)
+    assert stable.dtype == half and torch.isfinite(stable).all()
+    assert torch.allclose(stable.float(), torch.softmax(x.float(), -1), atol=1e-3)
+    x64 = torch.randn(4, 7, dtype=torch.float64)
+    assert torch.allclose(numerics.stable_softmax(x64, dim=0), torch.softmax(x64, 0))
+    assert torch.allclose(numerics.naive_softmax(x64), torch.softmax(x64, -1))
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        numerics.stable_softmax(torch.tensor([1, 2]))
+
+
+def test_variance_forms():
+    gen = torch.Generator().manual_seed(2)
+    d = (300 + 2 * torch.randn(500, generator=gen)).half()
+    ref = d.double().var(unbiased=False).item()
+    assert not math.isfinite(numerics.naive_variance(d).item())
+    assert abs(numerics.stable_variance(d).item() - ref) / ref < 0.01
+    x = torch.randn(100, dtype=torch.float64)
+    assert torch.allclose(numerics.naive_variance(x), x.var(unbiased=False))
+    assert torch.allclose(numerics.stable_variance(x), x.var(unbiased=False))
+
+
+def test_adam_eps():
+    assert numerics.rounded_eps(1e-8, half) == 0.0
+    assert numerics.rounded_eps(1e-7, half) > 0
+    assert abs(numerics.rounded_eps(1e-8, bf16) - 1e-8) < 1e-10
+
+
+# --- the exercise checks ---------------------------------------------------------
+
+
+def stub(*args):
+    raise NotImplementedError("Exercise: write your answer here")
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        checks.check_update_survives,
+        checks.check_stable_softmax,
+        checks.check_lost_fraction,
+        checks.check_flushed_share,
+    ],
+)
+def test_function_checks_on_stubs(check):
+    with pytest.raises(checks.NotAnswered):
+        check(None)
+    with pytest.raises(checks.NotAnswered, match="not written yet"):
+        check(stub)
+
+
+def test_check_update_survives(capsys):
+    def right(w, u):
+        return bool(numerics.update_survives(w, u))
+
+    assert checks.check_update_survives(right)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(checks.CheckFailed, match=r"survives\(1.0, 0.00048828125\): expected False"):
+        checks.check_update_survives(lambda w, u: abs(u) >= spacing_half(w))  # ties wrong
+    with pytest.raises(checks.CheckFailed, match="should return a bool"):
+        checks.check_update_survives(lambda w, u: "yes")
+
+
+def spacing_half(w):
+    return numerics.update_threshold(w).item()
+
+
+def test_check_stable_softmax():
+    assert checks.check_stable_softmax(lambda x: numerics.stable_softmax(x))
+    with pytest.raises(checks.CheckFailed, match="inf or NaN.*subtract the row maximum"):
+        checks.check_stable_softmax(numerics.naive_softmax)
+    with pytest.raises(checks.CheckFailed, match="compute and return in torch.float16"):
+        checks.check_stable_softmax(lambda x: torch.softmax(x.float(), -1))
+    with pytest.raises(checks.CheckFailed, match="returned shape"):
+        checks.check_stable_softmax(lambda x: numerics.stable_softmax(x).flatten()[:1])
+    with pytest.raises(checks.CheckFailed, match="expected"):
+        checks.check_stable_softmax(lambda x: numerics.stable_softmax(x, dim=0))
+
+
+def test_check_lost_fraction():
+    def right(w, g, lr):
+        new = w.clone().add_(g, alpha=-lr)
+        tried = g != 0
+        return ((new == w) & tried).sum().item() / tried.sum().item()
+
+    def counts_zero_gradients_too(w, g, lr):
+        return (w.clone().add_(g, alpha=-lr) == w).float().mean().item()
+
+    assert checks.check_lost_fraction(right)
+    with pytest.raises(checks.CheckFailed, match="count only weights with g != 0"):
+        checks.check_lost_fraction(counts_zero_gradients_too)
+    with pytest.raises(checks.CheckFailed, match="should return a float share"):
+        checks.check_lost_fraction(lambda w, g, lr: "half")
+
+
+def test_check_flushed_share():
+    assert checks.check_flushed_share(flushed_share)
+    with pytest.raises(checks.CheckFailed, match="divide by the number of \\*nonzero\\* inputs"):
+        checks.check_flushed_share(lambda g: ((g.half() == 0) & (g != 0)).float().mean().item())
+    with pytest.raises(checks.CheckFailed, match="expected"):
+        checks.check_flushed_share(lambda g: flushed_share(g[g.abs() < 2.0**-25 / 2]))
+
+
+def test_check_adam_eps():
+    assert checks.check_adam_eps(1e-7)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_adam_eps(None)
+    with pytest.raises(checks.CheckFailed, match="exactly what becomes 0.0"):
+        checks.check_adam_eps(1e-8)
+    with pytest.raises(checks.CheckFailed, match="expected 1e-07, got 1e-06"):
+        checks.check_adam_eps(1e-6)
+    with pytest.raises(checks.CheckFailed, match="should be a number"):
+        checks.check_adam_eps("1e-7")
