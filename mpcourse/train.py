@@ -1,0 +1,390 @@
+"""The reference mixed precision training loop: autocast + GradScaler, done right.
+
+One loop, three precision modes, the same code on CUDA and CPU:
+
+* ``"fp32"``: no autocast, no scaler;
+* ``"fp16"``: ``torch.autocast(dtype=float16)`` + ``torch.amp.GradScaler``
+  (the original AMP recipe: the loss is multiplied by the scale $S$ before
+  backward, gradients are divided by $S$ before the step, and a step whose
+  gradients hold inf/NaN is skipped while $S$ is halved);
+* ``"bf16"``: ``torch.autocast(dtype=bfloat16)``, no scaler (bfloat16 has the
+  exponent range of float32, so gradients do not underflow the way FP16's do).
+
+Production patterns, in the order the scaler requires them: ``scale(loss)
+.backward()`` for every micro-batch (gradient accumulation), then
+``unscale_`` -> clip -> ``step`` -> ``update`` once per optimizer step; an LR
+scheduler steps only when the optimizer really stepped; checkpoints carry the
+scaler's state, so a resumed run is bit-identical to an uninterrupted one.
+
+Loss and accuracy are accumulated on the device and read once per epoch: the
+only per-step host synchronisation is the one ``GradScaler.step`` itself needs
+(it reads whether any gradient was inf/NaN).
+
+Taught in course/07_amp_training.ipynb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .progress import progress
+
+__all__ = [
+    "PRECISIONS",
+    "History",
+    "autocast_context",
+    "make_scaler",
+    "backward",
+    "optimizer_step",
+    "train",
+    "evaluate",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+_LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _check_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "bf16"
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}: use 'fp32', 'fp16' (autocast float16 + "
+            "GradScaler), 'bf16' (autocast bfloat16, no scaler) or 'auto'"
+        )
+    return precision
+
+
+def autocast_context(precision: str, device: torch.device | str) -> torch.autocast:
+    """``torch.autocast`` for ``precision`` on ``device`` (disabled for ``"fp32"``).
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    device = torch.device(device)
+    precision = _check_precision(precision, device)
+    dtype = _LOW.get(precision, torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
+
+
+def make_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
+    """A ``torch.amp.GradScaler`` for ``device``, enabled only for ``"fp16"``.
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    device = torch.device(device)
+    precision = _check_precision(precision, device)
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def backward(loss: torch.Tensor | Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> None:
+    """``scaler.scale(loss).backward()`` for one loss or several (sharing one graph).
+
+    With several losses every backward but the last keeps the graph
+    (``retain_graph=True``), as the AMP docs show for multiple losses.
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    losses = [loss] if isinstance(loss, torch.Tensor) else list(loss)
+    for i, each in enumerate(losses):
+        scaler.scale(each).backward(retain_graph=i < len(losses) - 1)
+
+
+def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    # After unscale_, GradScaler keeps one found-inf flag per device for this optimizer.
+    flags = scaler._found_inf_per_device(optimizer)  # noqa: SLF001 - documented AMP internals
+    return sum(v.double() for v in flags.values())
+
+
+def optimizer_step(
+    optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler,
+    *,
+    max_grad_norm: float | None = None,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+) -> bool:
+    """One optimizer step for every optimizer, one scaler; True if a step was skipped.
+
+    Order: ``unscale_`` each optimizer (so clipping sees true gradients
+    $g = g_{scaled} / S$), clip their parameters to ``max_grad_norm``, read
+    whether any gradient was inf/NaN (just before ``scaler.step`` makes the
+    same device-to-host read), ``scaler.step`` each optimizer (each one skips its
+    step if *its* gradients hold inf/NaN), ``scaler.update()`` once, and step
+    the ``schedulers`` only if no step was skipped. Gradients are zeroed
+    afterwards (``set_to_none``).
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    opts = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+    if scaler.is_enabled():
+        for opt in opts:
+            scaler.unscale_(opt)
+    if max_grad_norm is not None:
+        params = [
+            p for o in opts for g in o.param_groups for p in g["params"] if p.grad is not None
+        ]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    skipped = False
+    if scaler.is_enabled():
+        # Read right before scaler.step, which reads the same flags: one wait, not two.
+        skipped = bool(torch.stack([_found_inf(scaler, o) for o in opts]).sum().item() > 0)
+    for opt in opts:
+        scaler.step(opt)
+    scaler.update()
+    if not skipped:
+        for sched in schedulers:
+            sched.step()
+    for opt in opts:
+        opt.zero_grad(set_to_none=True)
+    return skipped
+
+
+@dataclass
+class History:
+    """What a run did: per epoch loss/accuracy, per optimizer step scale/lr/skips.
+
+    ``skipped`` holds the (0-based) indices of optimizer steps that the scaler
+    skipped. Taught in course/07_amp_training.ipynb.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    steps: int = 0
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_model(model: nn.Module, precision: str, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None and scaler.is_enabled() and precision != "fp16":
+        what = (
+            "bf16 has float32's range and needs no loss scaling"
+            if precision == "bf16"
+            else ("fp32 needs no loss scaling")
+        )
+        raise ValueError(
+            f"an enabled GradScaler was passed with precision={precision!r}: {what}; "
+            "drop the scaler (or pass GradScaler(enabled=False)), or use precision='fp16'"
+        )
+    if precision == "fp16":
+        half = [n for n, p in model.named_parameters() if p.dtype == torch.float16]
+        if half:
+            raise ValueError(
+                f"precision='fp16' needs float32 parameters, but {half[0]!r} (and "
+                f"{len(half) - 1} more) are float16: GradScaler cannot unscale FP16 gradients. "
+                "Keep the model in float32 (do not call .half()); autocast casts per op."
+            )
+
+
+def _batches_per_step(n_batches: int, accumulation_steps: int) -> list[int]:
+    """Size of the accumulation group each batch belongs to (last group may be short)."""
+    return [
+        min(accumulation_steps, n_batches - (i // accumulation_steps) * accumulation_steps)
+        for i in range(n_batches)
+    ]
+
+
+def train(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int = 1,
+    precision: str = "auto",
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    max_grad_norm: float | None = None,
+    accumulation_steps: int = 1,
+    eval_loader: torch.utils.data.DataLoader | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    history: History | None = None,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs (counted from 0, or from a resumed checkpoint).
+
+    Each batch: ``with autocast: loss = criterion(model(x), y) / k``, then
+    ``scaler.scale(loss).backward()``; every ``k = accumulation_steps``
+    batches (and at the end of the epoch) :func:`optimizer_step` unscales,
+    clips, steps, updates and steps the scheduler unless the step was skipped.
+    With ``checkpoint``, the state (model, optimizer, scaler, scheduler, data
+    order, RNG, history) is saved after every epoch; ``resume=True`` loads it
+    first when the file exists. The device is the model's.
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    device = next(model.parameters()).device
+    precision = _check_precision(precision, device)
+    if (
+        isinstance(accumulation_steps, bool)
+        or not isinstance(accumulation_steps, int)
+        or (accumulation_steps < 1)
+    ):
+        raise ValueError(f"accumulation_steps must be a positive int, got {accumulation_steps!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    _check_model(model, precision, scaler)
+    scaler = scaler if scaler is not None else make_scaler(precision, device)
+    criterion = criterion or nn.CrossEntropyLoss()
+    history = history if history is not None else History()
+    start = 0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        start = load_checkpoint(checkpoint, model, optimizer, scaler, scheduler, loader, history)
+    sizes = _batches_per_step(len(loader), accumulation_steps)
+    bar = progress(range(start, epochs), desc=f"train {precision}", total=epochs, initial=start)
+    for epoch in bar:
+        model.train()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        scales: list[torch.Tensor] = []  # the scale used at each step, kept on the device
+        for i, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast_context(precision, device):
+                logits = model(x)
+                loss = criterion(logits, y)
+            backward(loss / sizes[i], scaler)
+            total_loss += loss.detach().float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if (i + 1) % accumulation_steps == 0 or i + 1 == len(loader):
+                if scaler.is_enabled():
+                    scales.append(scaler._get_scale_async().detach().clone())  # noqa: SLF001
+                skipped = optimizer_step(
+                    optimizer,
+                    scaler,
+                    max_grad_norm=max_grad_norm,
+                    schedulers=[scheduler] if scheduler is not None else (),
+                )
+                history.lr.append(float(optimizer.param_groups[0]["lr"]))
+                if skipped:
+                    history.skipped.append(history.steps)
+                history.steps += 1
+        # read what the device accumulated: once per epoch, not once per step
+        history.scale.extend(
+            torch.stack(scales).tolist()
+            if scales
+            else [1.0] * (len(history.lr) - len(history.scale))
+        )
+        history.loss.append(total_loss.item() / max(seen, 1))
+        history.accuracy.append(correct.item() / max(seen, 1))
+        if eval_loader is not None:
+            history.eval_accuracy.append(evaluate(model, eval_loader, precision=precision))
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint, model, optimizer, scaler, scheduler, loader, history, epoch + 1
+            )
+    return history
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, *, precision: str = "fp32"
+) -> float:
+    """Accuracy of ``model`` on ``loader`` (argmax of logits == label), under autocast.
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast_context(precision, device):
+            correct += (model(x).argmax(1) == y).sum()
+        seen += len(y)
+    model.train(was_training)
+    return correct.item() / max(seen, 1)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loader: torch.utils.data.DataLoader | None,
+    history: History,
+    epoch: int,
+) -> Path:
+    """Save everything a bit-identical resume needs; the scaler's state included.
+
+    Model, optimizer, **scaler** (scale, growth tracker), scheduler, the data
+    loader's shuffling generator, the global RNG states, the history and the
+    next epoch. Only tensors and plain Python values: it loads with
+    ``torch.load(path, weights_only=True)``.
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "loader_rng": loader.generator.get_state()
+        if loader is not None and loader.generator is not None
+        else None,
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history": history.state_dict(),
+    }
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loader: torch.utils.data.DataLoader | None = None,
+    history: History | None = None,
+) -> int:
+    """Restore a :func:`save_checkpoint` file (``weights_only=True``); return the next epoch.
+
+    Taught in course/07_amp_training.ipynb.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"epoch", "model", "optimizer", "scaler"} - set(state)
+    if missing:
+        raise ValueError(
+            f"{path} is not a mpcourse.train checkpoint: it lacks {sorted(missing)}; "
+            "save it with mpcourse.train.save_checkpoint"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler.is_enabled() and not state["scaler"]:
+        raise ValueError(
+            f"{path} holds no GradScaler state but this run uses an enabled scaler: the scale "
+            "would restart at its initial value and the run would not resume exactly"
+        )
+    if state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if loader is not None and loader.generator is not None and state.get("loader_rng") is not None:
+        loader.generator.set_state(state["loader_rng"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if history is not None:
+        for key, value in state["history"].items():
+            setattr(history, key, value)
+    return int(state["epoch"])

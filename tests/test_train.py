@@ -1,0 +1,295 @@
+"""Tests for mpcourse.train: modes, skipped steps, scheduler, clipping, accumulation, resume."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from mpcourse import checks
+from mpcourse.checks import CheckFailed, NotAnswered
+from mpcourse.data import digits, make_loader
+from mpcourse.device import pick_device
+from mpcourse.models import MLP, SimpleModel
+from mpcourse.train import (
+    History,
+    autocast_context,
+    backward,
+    load_checkpoint,
+    make_scaler,
+    optimizer_step,
+    save_checkpoint,
+    train,
+)
+
+DEVICE = pick_device()
+TRAIN = digits("train")
+TEST = digits("test")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Small models on small batches: one thread is faster on a shared CPU, and reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _setup(seed=0, lr=0.05, n=None):
+    torch.manual_seed(seed)
+    model = MLP(64, (64,)).to(DEVICE)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    data = TRAIN if n is None else torch.utils.data.Subset(TRAIN, range(n))
+    return model, opt, make_loader(data, 32, seed=seed)
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_every_mode_learns_digits_and_amp_matches_fp32():
+    accs = {}
+    for precision in ("fp32", "fp16", "bf16"):
+        model, opt, loader = _setup()
+        hist = train(
+            model, loader, opt, epochs=3, precision=precision,
+            eval_loader=make_loader(TEST, 256, shuffle=False),
+        )  # fmt: skip
+        assert hist.steps == 3 * len(loader) == len(hist.lr) == len(hist.scale)
+        assert hist.loss[-1] < hist.loss[0]
+        assert hist.eval_accuracy[-1] > 0.9
+        if precision != "fp16":
+            assert hist.scale == [1.0] * hist.steps and hist.skipped == []
+        accs[precision] = hist.eval_accuracy[-1]
+    assert abs(accs["fp16"] - accs["fp32"]) <= 0.02
+    assert abs(accs["bf16"] - accs["fp32"]) <= 0.02
+
+
+def test_skipped_steps_are_recorded_and_scheduler_does_not_advance():
+    model, opt, loader = _setup(n=320)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**20, growth_interval=3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    before = _params(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would fail
+        hist = train(model, loader, opt, epochs=2, precision="fp16", scaler=scaler, scheduler=sched)
+    # 2**20 overflows FP16 gradients until it has backed off; growth every 3 steps skips again
+    assert hist.skipped[:2] == [0, 1] and len(hist.skipped) >= 4
+    # a step is skipped exactly when the scale drops afterwards
+    drops = [i for i in range(hist.steps - 1) if hist.scale[i + 1] < hist.scale[i]]
+    assert drops == [s for s in hist.skipped if s < hist.steps - 1]
+    taken = hist.steps - len(hist.skipped)
+    assert sched.last_epoch == taken
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.9**taken)
+    # the lr recorded after a skipped step did not move
+    for s in hist.skipped[1:]:
+        assert hist.lr[s] == hist.lr[s - 1]
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_skipped_step_leaves_parameters_untouched():
+    model, opt, loader = _setup(n=32)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**40)
+    before = _params(model)
+    hist = train(model, loader, opt, epochs=1, precision="fp16", scaler=scaler)
+    assert hist.skipped == [0]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert scaler.get_scale() == 2.0**39
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+def test_resume_is_bit_identical(tmp_path, precision):
+    def run(epochs, ckpt=None, resume=False):
+        model, opt, loader = _setup(n=256)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+        scaler = make_scaler(precision, DEVICE)
+        if precision == "fp16":
+            scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**30, growth_interval=4)
+        hist = train(
+            model, loader, opt, epochs=epochs, precision=precision, scheduler=sched,
+            scaler=scaler, checkpoint=ckpt, resume=resume, max_grad_norm=1.0,
+        )  # fmt: skip
+        return model, hist, scaler
+
+    full, hist_full, scaler_full = run(4)
+    path = tmp_path / "ckpt.pt"
+    run(2, path)
+    state = torch.load(path, weights_only=True)  # loads without unpickling code
+    assert state["epoch"] == 2
+    resumed, hist_res, scaler_res = run(4, path, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
+    assert hist_full == hist_res
+    assert scaler_full.state_dict() == scaler_res.state_dict()
+    if precision == "fp16":
+        assert hist_full.skipped  # the scaler state really mattered
+
+
+def test_resume_without_scaler_state_is_refused(tmp_path):
+    model, opt, loader = _setup(n=64)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, opt, make_scaler("bf16", DEVICE), None, loader, History(), 1)
+    with pytest.raises(ValueError, match="no GradScaler state"):
+        load_checkpoint(path, model, opt, make_scaler("fp16", DEVICE))
+    torch.save({"model": model.state_dict()}, path)
+    with pytest.raises(ValueError, match="not a mpcourse.train checkpoint"):
+        load_checkpoint(path, model, opt, make_scaler("fp16", DEVICE))
+
+
+def test_gradient_accumulation_equals_big_batch():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 64, device=DEVICE), torch.randint(0, 10, (64,), device=DEVICE)
+    data = torch.utils.data.TensorDataset(x, y)
+    results = []
+    for batch, k in ((64, 1), (16, 4)):
+        torch.manual_seed(1)
+        model = MLP(64, (32,)).to(DEVICE)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loader = make_loader(data, batch, shuffle=False)
+        hist = train(model, loader, opt, epochs=1, precision="fp32", accumulation_steps=k)
+        assert hist.steps == 1
+        results.append(_params(model))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_counts_short_last_group():
+    model, opt, loader = _setup(n=32 * 5)
+    hist = train(model, loader, opt, epochs=1, precision="fp16", accumulation_steps=2)
+    assert hist.steps == 3  # groups of 2, 2 and 1 batches
+
+
+def test_clipping_bounds_the_unscaled_gradient_norm():
+    model, opt, _ = _setup()
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**10)
+    x = torch.randn(32, 64, device=DEVICE)
+    y = torch.randint(0, 10, (32,), device=DEVICE)
+    with autocast_context("fp16", DEVICE):
+        loss = nn.functional.cross_entropy(model(x), y)
+    backward(loss, scaler)
+    norms = []
+    original = opt.step
+
+    def spy_step(*args, **kwargs):
+        grads = [p.grad for p in model.parameters()]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return original(*args, **kwargs)
+
+    opt.step = spy_step
+    assert optimizer_step(opt, scaler, max_grad_norm=0.01) is False
+    assert norms and norms[0] <= 0.01 * (1 + 1e-4)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_several_models_optimizers_losses_one_scaler():
+    torch.manual_seed(0)
+    m0, m1 = MLP(64, (16,)).to(DEVICE), MLP(64, (16,)).to(DEVICE)
+    o0 = torch.optim.SGD(m0.parameters(), lr=0.1)
+    o1 = torch.optim.Adam(m1.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**20, growth_interval=4)
+    x, y = torch.randn(16, 64, device=DEVICE), torch.randint(0, 10, (16,), device=DEVICE)
+    skipped = []
+    for _ in range(20):
+        with autocast_context("fp16", DEVICE):
+            a, b = m0(x), m1(x)
+            loss0 = nn.functional.cross_entropy(2 * a + 3 * b, y)
+            loss1 = nn.functional.cross_entropy(3 * a - 5 * b, y)
+        backward([loss0, loss1], scaler)
+        skipped.append(optimizer_step([o0, o1], scaler, max_grad_norm=1.0))
+    assert skipped[0] and not all(skipped)
+    assert o1.state[next(iter(m1.parameters()))]["step"].item() == skipped.count(False)
+
+
+def test_train_rejects_bad_input():
+    model, opt, loader = _setup(n=32)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        train(model, loader, opt, precision="fp8")
+    with pytest.raises(ValueError, match="bf16 has float32's range"):
+        train(model, loader, opt, precision="bf16", scaler=torch.amp.GradScaler(DEVICE.type))
+    with pytest.raises(ValueError, match="fp32 needs no loss scaling"):
+        train(model, loader, opt, precision="fp32", scaler=torch.amp.GradScaler(DEVICE.type))
+    with pytest.raises(ValueError, match="do not call .half"):
+        train(model.half(), loader, opt, precision="fp16")
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        train(model.float(), loader, opt, accumulation_steps=0)
+    with pytest.raises(ValueError, match="epochs"):
+        train(model, loader, opt, epochs=-1)
+    # a disabled scaler is fine with bf16
+    train(model, loader, opt, precision="bf16", scaler=torch.amp.GradScaler(enabled=False))
+
+
+def test_simple_model_trains_with_amp():
+    torch.manual_seed(0)
+    model = SimpleModel().to(DEVICE)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.utils.data.Subset(digits("train", image_size=32), range(64))
+    hist = train(model, make_loader(data, 16), opt, epochs=1, precision="auto")
+    assert hist.steps == 4 and len(hist.loss) == 1
+
+
+# ------------------------------------------------------------------ checks
+def _right_step(loss, opt, scaler, model, max_norm):
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _clip_before_unscale(loss, opt, scaler, model, max_norm):
+    scaler.scale(loss).backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _no_clip(loss, opt, scaler, model, max_norm):
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _save(path, model, opt, scaler):
+    torch.save({"m": model.state_dict(), "o": opt.state_dict(), "s": scaler.state_dict()}, path)
+
+
+def _load(path, model, opt, scaler):
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["m"])
+    opt.load_state_dict(state["o"])
+    scaler.load_state_dict(state["s"])
+
+
+def _save_no_scaler(path, model, opt, scaler):
+    torch.save({"m": model.state_dict(), "o": opt.state_dict()}, path)
+
+
+def _load_no_scaler(path, model, opt, scaler):
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["m"])
+    opt.load_state_dict(state["o"])
+
+
+def _stub(*args):
+    raise NotImplementedError
+
+
+def test_train_checks():
+    assert checks.check_amp_step(_right_step)
+    assert checks.check_resume((_save, _load))
+    with pytest.raises(CheckFailed, match="unscale_"):
+        checks.check_amp_step(_clip_before_unscale)
+    with pytest.raises(CheckFailed, match="clip"):
+        checks.check_amp_step(_no_clip)
+    with pytest.raises(CheckFailed, match="initial scale"):
+        checks.check_resume((_save_no_scaler, _load_no_scaler))
+    with pytest.raises(CheckFailed, match="tuple"):
+        checks.check_resume(_save)
+    for check, stub in ((checks.check_amp_step, _stub), (checks.check_resume, (_stub, _stub))):
+        with pytest.raises(NotAnswered):
+            check(None)
+        with pytest.raises(NotAnswered):
+            check(stub)

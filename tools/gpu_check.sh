@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Check chapters 06 (autocast) and 07 (AMP training) on a CUDA GPU.
+#
+#   bash tools/gpu_check.sh            # from the repository root, on a machine with a CUDA GPU
+#
+# On a GPU, pick_device() chooses CUDA, so the same notebooks and tests take their CUDA paths:
+# FP16 autocast + GradScaler("cuda") exactly as the seed does, the CUDA autocast policy probed on
+# the GPU itself (not on fake tensors), BCELoss refused by real CUDA autocast, bit-identical
+# resume with cuDNN in deterministic mode. Saved outputs come from the CPU build, so the
+# notebooks run under `--nbval-lax` (outputs not compared); every claim is an `assert` in its
+# cell, so a claim that does not hold on the GPU fails the run.
+# Steps:
+#   1. environment report (python -m mpcourse doctor)
+#   2. unit tests: tests/test_autocast.py tests/test_train.py (CUDA-only tests run here)
+#   3. notebooks: course/06_autocast.ipynb course/07_amp_training.ipynb under --nbval-lax
+#   4. the CPU path on the same machine (MPCOURSE_DEVICE=cpu) for the two test files
+# Prints a summary; exit status 0 when every step passed, 1 when one failed, 2 when no GPU.
+# GPU_CHECK_ALLOW_CPU=1 runs the same steps without a GPU (to test this script itself).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python}"
+export MPCOURSE_NO_PROGRESS=1
+
+if [[ "${GPU_CHECK_ALLOW_CPU:-0}" != 1 ]] &&
+    ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "no CUDA GPU visible to torch: this script checks the CUDA paths; run it on a GPU" >&2
+    exit 2
+fi
+
+# Plain pytest options: the repository's addopts force strict --nbval, which compares outputs
+# produced on the CPU; here notebooks run with --nbval-lax instead.
+PYTEST=("$PYTHON" -m pytest -o addopts= -p no:cacheprovider -q)
+declare -a names=() results=()
+step() {  # step NAME COMMAND...
+    local name="$1"; shift
+    echo; echo "=== $name"
+    local start=$SECONDS
+    if "$@"; then results+=("passed"); else results+=("FAILED"); fi
+    names+=("$name ($((SECONDS - start)) s)")
+}
+
+step "environment" "$PYTHON" -m mpcourse doctor
+step "unit tests on CUDA" "${PYTEST[@]}" tests/test_autocast.py tests/test_train.py
+step "notebooks 06-07 on CUDA (--nbval-lax)" "${PYTEST[@]}" --nbval-lax --nbval-current-env \
+    --nbval-cell-timeout=600 course/06_autocast.ipynb course/07_amp_training.ipynb
+step "unit tests, CPU path on this machine" env MPCOURSE_DEVICE=cpu \
+    "${PYTEST[@]}" tests/test_autocast.py tests/test_train.py
+
+machine="$("$PYTHON" -c 'import torch
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU dry run)"
+print(gpu, "| torch", torch.__version__, "| CUDA", torch.version.cuda)')"
+echo; echo "=== summary: $machine"
+status=0
+for i in "${!names[@]}"; do
+    printf '  [%s] %s\n' "${results[$i]}" "${names[$i]}"
+    [[ "${results[$i]}" == "passed" ]] || status=1
+done
+exit $status
