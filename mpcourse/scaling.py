@@ -51,7 +51,10 @@ __all__ = [
 
 
 class OptState(Enum):
-    """Where one optimizer is in the current iteration (the names torch.amp uses)."""
+    """Where one optimizer is in the current iteration (the names torch.amp uses).
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
 
     READY = 0
     UNSCALED = 1
@@ -63,11 +66,16 @@ class ScalerUsageError(RuntimeError, AssertionError):
 
     A RuntimeError *and* an AssertionError: GradScaler raises one or the other
     for the same mistakes, so code that catches GradScaler's errors catches ours.
+
+    Taught in course/05_loss_scaling.ipynb.
     """
 
 
 class ScalerConfigError(ValueError, AssertionError):
-    """A scaler setting is out of range (GradScaler raises AssertionError for these)."""
+    """A scaler setting is out of range (GradScaler raises AssertionError for these).
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
 
 
 def _fp32(x: float) -> float:
@@ -107,7 +115,11 @@ def next_scale(
 
 
 def unscale_grads_(
-    grads: list[torch.Tensor], inv_scale: torch.Tensor, found_inf: torch.Tensor, *, fused: bool = True
+    grads: list[torch.Tensor],
+    inv_scale: torch.Tensor,
+    found_inf: torch.Tensor,
+    *,
+    fused: bool = True,
 ) -> None:
     """``g <- g * inv_scale`` in place for every ``g``; ``found_inf <- 1`` if any value is inf/NaN.
 

@@ -58,7 +58,10 @@ def run_pair(seed: int, opt_name: str, steps: int = 40) -> None:
     ours, ref = DynamicLossScaler(**cfg), torch_scaler(**cfg)
     net_a = small_net(seed)
     net_b = copy.deepcopy(net_a)
-    opt_a, opt_b = OPTIMIZERS[opt_name](net_a.parameters()), OPTIMIZERS[opt_name](net_b.parameters())
+    opt_a, opt_b = (
+        OPTIMIZERS[opt_name](net_a.parameters()),
+        OPTIMIZERS[opt_name](net_b.parameters()),
+    )
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
         x = torch.randn(16, 6, generator=gen) * float(rng.choice([1.0, 1e3]))
@@ -113,7 +116,12 @@ def test_next_scale_matches_torch_kernel(
     s, t = scale.item(), 0
     for found in events:
         torch._amp_update_scale_(
-            scale, tracker, torch.tensor(float(found)), growth_factor, backoff_factor, growth_interval
+            scale,
+            tracker,
+            torch.tensor(float(found)),
+            growth_factor,
+            backoff_factor,
+            growth_interval,
         )
         s, t = next_scale(
             s,
@@ -140,8 +148,9 @@ def test_defaults_match_gradscaler() -> None:
 
 
 def test_growth_stops_at_fp32_max() -> None:
-    ours, ref = DynamicLossScaler(2.0**127, growth_interval=1), torch_scaler(
-        init_scale=2.0**127, growth_interval=1
+    ours, ref = (
+        DynamicLossScaler(2.0**127, growth_interval=1),
+        torch_scaler(init_scale=2.0**127, growth_interval=1),
     )
     for scaler in (ours, ref):
         p = nn.Parameter(torch.ones(2))
@@ -302,12 +311,18 @@ def test_misuse_raises_same_type_as_gradscaler(name: str) -> None:
     with pytest.raises(type(ref_err.value)) as our_err:
         MISUSE[name](DynamicLossScaler())
     message = str(our_err.value)
-    assert len(message) > 40 and any(w in message for w in ("call", "Call", "use", "Keep", "save", "pass"))
+    assert len(message) > 40 and any(
+        w in message for w in ("call", "Call", "use", "Keep", "save", "pass")
+    )
 
 
 def test_usage_error_is_both_runtime_and_assertion_error() -> None:
-    assert issubclass(ScalerUsageError, RuntimeError) and issubclass(ScalerUsageError, AssertionError)
-    assert issubclass(ScalerConfigError, ValueError) and issubclass(ScalerConfigError, AssertionError)
+    assert issubclass(ScalerUsageError, RuntimeError) and issubclass(
+        ScalerUsageError, AssertionError
+    )
+    assert issubclass(ScalerConfigError, ValueError) and issubclass(
+        ScalerConfigError, AssertionError
+    )
 
 
 @pytest.mark.parametrize(
@@ -350,17 +365,22 @@ def test_state_dict_round_trip_and_resume() -> None:
     for scaler in (ours, ref):
         p = nn.Parameter(torch.ones(2))
         opt = torch.optim.SGD([p], lr=0.1)
-        for i in range(5):
+        for i in range(4):
+            p.grad = None
             scaler.scale(p.sum() * (math.inf if i == 1 else 1.0)).backward()
             scaler.step(opt)
             scaler.update()
-    assert ours.state_dict() == ref.state_dict() == {
-        "scale": 32768.0,
-        "growth_factor": 2.0,
-        "backoff_factor": 0.5,
-        "growth_interval": 3,
-        "_growth_tracker": 0,
-    }
+    assert (
+        ours.state_dict()
+        == ref.state_dict()
+        == {
+            "scale": 32768.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 3,
+            "_growth_tracker": 2,
+        }
+    )
     saved = pickle.loads(pickle.dumps(ref.state_dict()))
     resumed_ours, resumed_ref = DynamicLossScaler(), torch_scaler()
     resumed_ours.load_state_dict(saved)
@@ -436,3 +456,154 @@ def test_stages_are_named() -> None:
     scaler.update()
     assert scaler._states[id(opt)].stage is OptState.READY
     assert [s.name for s in OptState] == [s.name for s in torch.amp.grad_scaler.OptState]
+
+
+# -- exercise checks (chapters 04 and 05) ---------------------------------------------------
+def _stub(*args):
+    raise NotImplementedError
+
+
+def test_check_update_scale() -> None:
+    from mpcourse import checks
+
+    def right(scale, tracker, found_inf, growth, backoff, interval):
+        if found_inf:
+            return scale * backoff, 0
+        if tracker + 1 == interval:
+            grown = scale * growth
+            return (grown if grown <= torch.finfo(torch.float32).max else scale), 0
+        return scale, tracker + 1
+
+    def no_fp32_cap(scale, tracker, found_inf, growth, backoff, interval):
+        if found_inf:
+            return scale * backoff, 0
+        return (scale * growth, 0) if tracker + 1 == interval else (scale, tracker + 1)
+
+    def keeps_tracker(scale, tracker, found_inf, growth, backoff, interval):
+        if found_inf:
+            return scale * backoff, tracker
+        return right(scale, tracker, found_inf, growth, backoff, interval)
+
+    assert checks.check_update_scale(right) is True
+    with pytest.raises(checks.CheckFailed, match="inf in FP32"):
+        checks.check_update_scale(no_fp32_cap)
+    with pytest.raises(checks.CheckFailed, match="restarts at 0"):
+        checks.check_update_scale(keeps_tracker)
+    for stub in (None, _stub):
+        with pytest.raises(checks.NotAnswered):
+            checks.check_update_scale(stub)
+
+
+def test_check_scale_trajectory() -> None:
+    from mpcourse import checks
+    from mpcourse.checks.scaling import SCALE_EVENTS, scale_trajectory
+
+    right = scale_trajectory(SCALE_EVENTS)
+    assert right == [
+        65536.0, 32768.0, 16384.0, 16384.0, 16384.0, 32768.0,
+        16384.0, 16384.0, 16384.0, 32768.0, 32768.0,
+    ]  # fmt: skip
+    # the same with GradScaler, driven by real overflowing gradients
+    ref = torch_scaler(growth_interval=3)
+    p = nn.Parameter(torch.ones(1))
+    opt = torch.optim.SGD([p], lr=0.0)
+    for event, expected in zip(SCALE_EVENTS, right, strict=True):
+        p.grad = None
+        ref.scale(p.sum() * (math.inf if event else 1.0)).backward()
+        ref.step(opt)
+        ref.update()
+        assert ref.get_scale() == expected
+    assert checks.check_scale_trajectory(right) is True
+    assert checks.check_scale_trajectory(tuple(int(s) for s in right)) is True
+    wrong = list(right)
+    wrong[5] = 16384.0  # forgot that the growth count restarts after the overflow at step 2
+    with pytest.raises(checks.CheckFailed, match="step 5"):
+        checks.check_scale_trajectory(wrong)
+    with pytest.raises(checks.CheckFailed, match="11 scales"):
+        checks.check_scale_trajectory(right[:-1])
+    with pytest.raises(checks.CheckFailed, match="list of numbers"):
+        checks.check_scale_trajectory(["a"] * 11)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_scale_trajectory(None)
+
+
+def test_check_static_scale() -> None:
+    from mpcourse import checks
+
+    assert checks.check_static_scale(lambda m: 2.0 ** math.floor(math.log2(65504 / m))) is True
+    with pytest.raises(checks.CheckFailed, match="choose_static_scale"):
+        checks.check_static_scale(lambda m: 2.0 ** math.ceil(math.log2(65504 / m)))
+    with pytest.raises(checks.CheckFailed, match="choose_static_scale"):
+        checks.check_static_scale(lambda m: 65504 / m)  # not a power of two
+    for stub in (None, _stub):
+        with pytest.raises(checks.NotAnswered):
+            checks.check_static_scale(stub)
+
+
+def test_check_master_step() -> None:
+    from mpcourse import checks
+
+    def right(master, grad16, lr):
+        new = master - lr * grad16.float()
+        return new, new.half()
+
+    def update_in_fp16(master, grad16, lr):
+        new = master - (lr * grad16).float()  # lr * g rounded/underflowed in FP16
+        return new, new.half()
+
+    def fp16_master(master, grad16, lr):
+        new = (master.half() - lr * grad16).float()
+        return new, new.half()
+
+    assert checks.check_master_step(right) is True
+    for wrong in (update_in_fp16, fp16_master):
+        with pytest.raises(checks.CheckFailed, match="copy the gradient up first"):
+            checks.check_master_step(wrong)
+    with pytest.raises(checks.CheckFailed, match="float16 tensor"):
+        checks.check_master_step(lambda m, g, lr: (m - lr * g.float(), m - lr * g.float()))
+    with pytest.raises(checks.CheckFailed, match="pair"):
+        checks.check_master_step(lambda m, g, lr: m)
+    for stub in (None, _stub):
+        with pytest.raises(checks.NotAnswered):
+            checks.check_master_step(stub)
+
+
+def test_check_bytes_per_parameter() -> None:
+    from mpcourse import checks
+
+    weights = {"fp32": 8, "master": 12, "amp": 10}
+    states = {"sgd": 0, "momentum": 4, "adam": 8}
+    assert checks.check_bytes_per_parameter(lambda r, o: weights[r] + states[o]) is True
+    with pytest.raises(checks.CheckFailed, match="'master', 'adam'"):
+        # ZeRO's count: correct for a fused optimizer, but this chapter keeps FP32 master grads
+        checks.check_bytes_per_parameter(
+            lambda r, o: 16 if (r, o) == ("master", "adam") else weights[r] + states[o]
+        )
+    with pytest.raises(checks.CheckFailed, match="'amp'"):
+        checks.check_bytes_per_parameter(lambda r, o: {"amp": 8}.get(r, weights[r]) + states[o])
+    for stub in (None, _stub):
+        with pytest.raises(checks.NotAnswered):
+            checks.check_bytes_per_parameter(stub)
+
+
+def test_resume_from_state_dict_continues_like_gradscaler() -> None:
+    """Stop a run half way, resume a fresh DynamicLossScaler from GradScaler's state_dict:
+    the rest of the run matches the uninterrupted GradScaler run step for step."""
+    events = [False, True, False, False, True, False, False, False, False, True, False, False]
+    ref = torch_scaler(init_scale=1024.0, growth_interval=2)
+    p = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.0)
+    resumed = None
+    for i, event in enumerate(events):
+        scalers = [ref] if resumed is None else [ref, resumed]
+        for scaler in scalers:
+            p.grad = None
+            scaler.scale(p.sum() * (math.inf if event else 1.0)).backward()
+            scaler.step(opt)
+            scaler.update()
+        if i == 5:
+            resumed = DynamicLossScaler()
+            resumed.load_state_dict(ref.state_dict())
+        if resumed is not None:
+            assert resumed.state_dict() == ref.state_dict()
+    assert resumed.get_scale() == ref.get_scale() != 1024.0

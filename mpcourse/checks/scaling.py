@@ -1,0 +1,217 @@
+"""Checks for the exercises of course/04_master_weights.ipynb and course/05_loss_scaling.ipynb."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..master import OPTIMIZER_STATES, RECIPES, ledger
+from ..scaling import next_scale
+from ._core import (
+    _short,
+    call_answer,
+    check_function,
+    expect_equal,
+    fail,
+    passed,
+    require_answer,
+)
+
+FP16_MAX = 65504.0
+
+
+# -- chapter 04 --------------------------------------------------------------------------------
+def _reference_master_step(
+    master: torch.Tensor, grad16: torch.Tensor, lr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    new_master = master - lr * grad16.float()
+    return new_master, new_master.half()
+
+
+def _master_step_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    gen = torch.Generator().manual_seed(4)
+    return [
+        (torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, -4.0]).half(), 0.1),
+        # updates of 1e-5: below half FP16's spacing at 1.0, lost unless kept in FP32
+        (torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]).half(), 1e-5),
+        # lr * g underflows FP16 (2^-30) if it is computed in FP16
+        (torch.tensor([2.0**-20, 0.0]), torch.tensor([2.0**-14, -(2.0**-14)]).half(), 2.0**-16),
+        (torch.randn(50, generator=gen), torch.randn(50, generator=gen).half(), 0.01),
+    ]
+
+
+def check_master_step(master_step: Callable) -> bool:
+    """Check ``master_step(master32, grad16, lr) -> (new_master32, new_working16)``."""
+    require_answer(master_step, "`master_step`")
+    for master, grad16, lr in _master_step_cases():
+        got = call_answer(master_step, master.clone(), grad16.clone(), lr, what="master_step")
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(f"master_step should return a pair (new_master, new_working), got {_short(got)}.")
+        new_master, new_working = got
+        want_master, want_working = _reference_master_step(master, grad16, lr)
+        for name, tensor, dtype in (
+            ("new_master", new_master, torch.float32),
+            ("new_working", new_working, torch.float16),
+        ):
+            if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
+                fail(
+                    f"{name} should be a {dtype} tensor, got {_short(tensor)}. The master copy "
+                    "stays float32; the working copy is its float16 rounding."
+                )
+        args = f"master={_short(master)}, grad16={_short(grad16)}, lr={lr!r}"
+        expect_equal(
+            new_master,
+            want_master,
+            f"new_master for {args}",
+            hint="copy the gradient up first (grad16.float()), then update in float32: "
+            "lr * grad16 in float16 rounds or underflows.",
+        )
+        expect_equal(new_working, want_working, f"new_working for {args}", hint="new_master.half()")
+    return passed(
+        "the FP32 master weight takes every update, even 1e-5 on a weight of 1.0, and the "
+        "FP16 working copy is its rounding."
+    )
+
+
+def check_bytes_per_parameter(bytes_per_parameter: Callable[[str, str], float]) -> bool:
+    """Check ``bytes_per_parameter(recipe, optimizer)`` against the ledger of the chapter."""
+    require_answer(bytes_per_parameter, "`bytes_per_parameter`")
+    cases = [(r, o) for r in RECIPES for o in OPTIMIZER_STATES]
+    check_function(
+        bytes_per_parameter,
+        lambda r, o: sum(ledger(r, o).values()),
+        cases,
+        "bytes_per_parameter",
+        hint="add weights, gradients, master weights and grads (if any), autocast's FP16 weight "
+        "copies (amp) and 4 bytes per FP32 optimizer state (SGD 0, momentum 1, Adam 2).",
+    )
+    return passed(
+        f"all {len(cases)} recipe/optimizer pairs match the ledger "
+        "(e.g. master weights + Adam: 20 bytes per parameter)."
+    )
+
+
+# -- chapter 05 --------------------------------------------------------------------------------
+def _update_cases() -> list[tuple]:
+    # (scale, growth_tracker, found_inf, growth_factor, backoff_factor, growth_interval)
+    return [
+        (65536.0, 0, True, 2.0, 0.5, 2000),
+        (65536.0, 17, True, 2.0, 0.5, 2000),
+        (65536.0, 0, False, 2.0, 0.5, 2000),
+        (65536.0, 1998, False, 2.0, 0.5, 2000),
+        (65536.0, 1999, False, 2.0, 0.5, 2000),
+        (1024.0, 2, False, 4.0, 0.25, 3),
+        (1024.0, 2, True, 4.0, 0.25, 3),
+        (1.0, 0, False, 2.0, 0.5, 1),
+        (2.0**127, 0, False, 2.0, 0.5, 1),  # 2^128 is inf in FP32: no growth
+        (2.0**-10, 4, True, 2.0, 0.5, 5),
+    ]
+
+
+def _reference_update(s, t, found, gf, bf, gi) -> tuple[float, int]:
+    return next_scale(s, t, found, growth_factor=gf, backoff_factor=bf, growth_interval=gi)
+
+
+def check_update_scale(update_scale: Callable) -> bool:
+    """Check ``update_scale(scale, tracker, found_inf, growth, backoff, interval)``."""
+    require_answer(update_scale, "`update_scale`")
+    for case in _update_cases():
+        got = call_answer(update_scale, *case, what="update_scale")
+        expected = _reference_update(*case)
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(f"update_scale should return (new_scale, new_growth_tracker), got {_short(got)}.")
+        hint = ""
+        if case[0] == 2.0**127:
+            hint = (
+                "the scale is an FP32 number: 2^127 * 2 = 2^128 is inf in FP32 "
+                "(FP32's max is about 3.4e38), and a scale that would become inf does not grow; "
+                "the tracker still resets to 0."
+            )
+        elif case[2]:
+            hint = "on an overflow: scale * backoff_factor, and the tracker restarts at 0."
+        else:
+            hint = (
+                "a clean step adds 1 to the tracker; when it reaches growth_interval the scale "
+                "is multiplied by growth_factor and the tracker goes back to 0."
+            )
+        args = ", ".join(repr(c) for c in case)
+        expect_equal(tuple(got), expected, f"update_scale({args})", hint=hint)
+    return passed(
+        f"update_scale matches GradScaler's rule on {len(_update_cases())} cases "
+        "(backoff, growth after growth_interval clean steps, no growth to inf)."
+    )
+
+
+SCALE_EVENTS = (False, True, True, False, False, False, True, False, False, False, False)
+"""The events of the prediction exercise: True = this step's gradients overflowed."""
+
+
+def scale_trajectory(
+    events: Sequence[bool],
+    init_scale: float = 2.0**16,
+    growth_interval: int = 3,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+) -> list[float]:
+    """The scale after each ``update()`` for a sequence of overflow events."""
+    scale, tracker, out = init_scale, 0, []
+    for found in events:
+        scale, tracker = next_scale(
+            scale,
+            tracker,
+            found,
+            growth_factor=growth_factor,
+            backoff_factor=backoff_factor,
+            growth_interval=growth_interval,
+        )
+        out.append(scale)
+    return out
+
+
+def check_scale_trajectory(answer: Sequence[float]) -> bool:
+    """Check the predicted scales after each step of ``SCALE_EVENTS``."""
+    require_answer(answer, "`answer` (a list of 11 scales)")
+    expected = scale_trajectory(SCALE_EVENTS)
+    try:
+        got = [float(a) for a in answer]
+    except (TypeError, ValueError):
+        fail(f"answer should be a list of numbers, got {_short(answer)}.")
+    if len(got) != len(expected):
+        fail(f"answer should hold {len(expected)} scales (one per step), got {len(got)}.")
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        if g != e:
+            event = "an overflow" if SCALE_EVENTS[i] else "a clean step"
+            fail(
+                f"step {i} ({event}): expected scale {e:g}, got {g:g}. Steps 0..{i - 1} are right. "
+                "Remember: an overflow halves the scale and restarts the count of clean steps; "
+                "the scale doubles when that count reaches growth_interval=3."
+            )
+    return passed(f"the scale ends at {expected[-1]:g} (= 2^{int(math.log2(expected[-1]))}).")
+
+
+def _reference_static_scale(max_abs_grad: float) -> float:
+    return 2.0 ** math.floor(math.log2(FP16_MAX / max_abs_grad))
+
+
+def check_static_scale(choose_static_scale: Callable[[float], float]) -> bool:
+    """Check ``choose_static_scale(max_abs_grad)``: the largest power of two S with
+    ``max_abs_grad * S <= 65504``."""
+    require_answer(choose_static_scale, "`choose_static_scale`")
+    cases = [(1.0,), (0.01,), (3.0e-5,), (65504.0,), (2.0**-20,), (0.7,), (1000.0,)]
+    check_function(
+        choose_static_scale,
+        _reference_static_scale,
+        cases,
+        "choose_static_scale",
+        hint="S = 2 ** floor(log2(65504 / max_abs_grad)): the largest power of two that keeps the "
+        "largest gradient finite in FP16.",
+    )
+    for (m,) in cases:
+        s = float(choose_static_scale(m))
+        if m * s > FP16_MAX:
+            fail(f"choose_static_scale({m}) = {s:g} overflows: {m} * {s:g} > 65504.")
+    return passed(
+        "your scale is the largest power of two that keeps the largest gradient below 65504."
+    )
