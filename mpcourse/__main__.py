@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # every option after "bench" belongs to the benchmark
+        return _bench(argparse.Namespace(bench_args=argv[1:]))
     args = parser.parse_args(argv)
     return args.func(args)
 

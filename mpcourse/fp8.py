@@ -16,9 +16,10 @@ the tensor being cast: it uses the largest amax seen in the last ``history_len``
 steps, then records the current amax. Values that outgrow the stale scale
 saturate to $\\pm$max.
 
-The rounding is simulated in float32 with :func:`mpcourse.formats.round_to`
-(tested against torch's ``float8_e4m3fn``/``float8_e5m2`` casts), so everything
-runs on any CPU.
+The rounding uses torch's ``float8_e4m3fn``/``float8_e5m2`` casts (after
+clamping to $\\pm$max), tested value for value against the from-scratch
+:func:`mpcourse.formats.round_to`; values are kept in float32 and matmuls
+accumulate in FP32, so everything runs on any CPU.
 
 Taught in course/08_bf16_tf32_fp8.ipynb.
 """
@@ -68,7 +69,10 @@ def _check_scale(scale: object) -> float:
 
 
 def amax(x: torch.Tensor) -> float:
-    """$\\max_i |x_i|$ of a float tensor, as a Python float (NaN if ``x`` has a NaN)."""
+    """$\\max_i |x_i|$ of a float tensor, as a Python float (NaN if ``x`` has a NaN).
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
+    """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"amax needs a floating-point tensor, got {type(x).__name__}")
     if x.numel() == 0:
@@ -90,6 +94,8 @@ def compute_scale(
     and ``previous`` is kept (as Transformer Engine does). With
     ``power_of_two=True`` the scale is rounded down to a power of two, so that
     multiplying by it is exact.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
     """
     fmt = _check_fp8(fmt)
     if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
@@ -108,7 +114,9 @@ def quantize(x: torch.Tensor, fmt: FloatFormat, scale: float = 1.0) -> torch.Ten
 
     Returned as float32 values (each exactly representable in ``fmt``). The
     cast is torch's (``torch.float8_e4m3fn``/``float8_e5m2``) after clamping to
-    $\pm$max, which equals ``round_to(x * s, fmt, saturate=True)`` value for value.
+    $\\pm$max, which equals ``round_to(x * s, fmt, saturate=True)`` value for value.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
     """
     fmt = _check_fp8(fmt)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -118,17 +126,26 @@ def quantize(x: torch.Tensor, fmt: FloatFormat, scale: float = 1.0) -> torch.Ten
 
 
 def dequantize(q: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """What the codes mean: $q / s$."""
+    """What the codes mean: $q / s$.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
+    """
     return q / _check_scale(scale)
 
 
 def fake_quantize(x: torch.Tensor, fmt: FloatFormat, scale: float = 1.0) -> torch.Tensor:
-    """Round-trip through FP8: $\\mathrm{round}_{fmt}(x s) / s$ (the value the model sees)."""
+    """Round-trip through FP8: $\\mathrm{round}_{fmt}(x s) / s$ (the value the model sees).
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
+    """
     return dequantize(quantize(x, fmt, scale), scale)
 
 
 def underflow_fraction(x: torch.Tensor, fmt: FloatFormat, scale: float = 1.0) -> float:
-    """Share of the nonzero values of ``x`` that become 0 when cast to ``fmt`` with ``scale``."""
+    """Share of the nonzero values of ``x`` that become 0 when cast to ``fmt`` with ``scale``.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
+    """
     nonzero = x != 0
     n = int(nonzero.sum())
     if n == 0:
@@ -143,6 +160,8 @@ class DelayedScaling:
     (``algo="max"``) or the latest one (``algo="most_recent"``) of the last
     ``history_len`` recorded steps; 1.0 before anything was recorded. After
     using it, call ``update(amax(x))`` to record the tensor that was cast.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
     """
 
     def __init__(
@@ -199,6 +218,8 @@ class FP8Linear(nn.Linear):
     E5M2. Weights, bias and their gradients stay float32 (the master copy).
     ``scaling``: ``"none"`` (scale 1: the raw FP8 range), ``"current"``
     (scale from this tensor's own amax) or ``"delayed"`` (amax history).
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
     """
 
     def __init__(
@@ -236,7 +257,10 @@ class FP8Linear(nn.Linear):
 
 @dataclass
 class FP8TrainResult:
-    """Mean cross-entropy per step, final test accuracy, mean share of gradients lost to underflow."""
+    """Mean cross-entropy per step, test accuracy, mean share of gradients lost to underflow.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
+    """
 
     scaling: str
     losses: list[float] = field(default_factory=list)
@@ -256,16 +280,18 @@ def train_fp8_classifier(
     mean_over: int | None = None,
     seed: int = 0,
 ) -> FP8TrainResult:
-    """Train a softmax-regression layer $\mathrm{logits} = x W^T + b$ with Adam.
+    """Train a softmax-regression layer $\\mathrm{logits} = x W^T + b$ with Adam.
 
     ``scaling`` is one of ``"none"``, ``"current"``, ``"delayed"`` (an
     :class:`FP8Linear`) or ``"fp32"`` (a plain ``nn.Linear``, the reference).
-    The loss is $\frac{1}{T}\sum_{i \in batch} \mathrm{CE}_i$ with
+    The loss is $\\frac{1}{T}\\sum_{i \\in batch} \\mathrm{CE}_i$ with
     $T$ = ``mean_over`` (default: ``batch_size``, the usual mean). A language
-    model averages over every token of a global batch ($T \approx 10^6$), which
+    model averages over every token of a global batch ($T \\approx 10^6$), which
     makes each logit's gradient $(p - y)/T$ tiny; Adam's update does not depend
     on that factor, so FP32 learns the same for any $T$. Mini-batches are drawn
     with a generator seeded by ``seed``.
+
+    Taught in course/08_bf16_tf32_fp8.ipynb.
     """
     if scaling not in (*SCALINGS, "fp32"):
         raise ValueError(f"scaling must be one of {(*SCALINGS, 'fp32')}, got {scaling!r}")

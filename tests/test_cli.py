@@ -32,3 +32,10 @@ def test_ci_runs_the_readme_test_command():
     block = readme.split("<!-- test-command -->", 1)[1].split("```bash\n", 1)[1].split("\n```")[0]
     assert block.strip() in (root / ".ci" / "run").read_text()
     assert "pytest" in block
+
+
+def test_bench_options_reach_the_benchmark():
+    result = subprocess.run(
+        [sys.executable, "-m", "mpcourse", "bench", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "--quick" in result.stdout
