@@ -13,8 +13,9 @@ One loop, three precision modes, the same code on CUDA and CPU:
 Production patterns, in the order the scaler requires them: ``scale(loss)
 .backward()`` for every micro-batch (gradient accumulation), then
 ``unscale_`` -> clip -> ``step`` -> ``update`` once per optimizer step; an LR
-scheduler steps only when the optimizer really stepped; checkpoints carry the
-scaler's state, so a resumed run is bit-identical to an uninterrupted one.
+scheduler steps only when the optimizer really stepped; checkpoints
+(:mod:`mpcourse.checkpoint`) carry the scaler's state, so a resumed run is
+bit-identical to an uninterrupted one.
 
 Loss and accuracy are accumulated on the device and read once per epoch: the
 only per-step host synchronisation is the one ``GradScaler.step`` itself needs
@@ -25,6 +26,7 @@ Taught in course/07_amp_training.ipynb.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .progress import progress
 
 __all__ = [
@@ -43,8 +46,7 @@ __all__ = [
     "optimizer_step",
     "train",
     "evaluate",
-    "save_checkpoint",
-    "load_checkpoint",
+    "legacy_amp_warnings",
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -97,8 +99,9 @@ def backward(loss: torch.Tensor | Sequence[torch.Tensor], scaler: torch.amp.Grad
 
 
 def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    # After unscale_, GradScaler keeps one found-inf flag per device for this optimizer.
-    flags = scaler._found_inf_per_device(optimizer)  # noqa: SLF001 - documented AMP internals
+    # After unscale_, GradScaler keeps one found-inf flag per device for this optimizer: a private
+    # helper (the one GradScaler.step reads), so this is the place to look after a torch upgrade.
+    flags = scaler._found_inf_per_device(optimizer)  # noqa: SLF001
     return sum(v.double() for v in flags.values())
 
 
@@ -162,6 +165,7 @@ class History:
     steps: int = 0
 
     def state_dict(self) -> dict:
+        """The history as plain lists and ints (what a checkpoint stores)."""
         return asdict(self)
 
 
@@ -309,82 +313,18 @@ def evaluate(
     return correct.item() / max(seen, 1)
 
 
-def save_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    loader: torch.utils.data.DataLoader | None,
-    history: History,
-    epoch: int,
-) -> Path:
-    """Save everything a bit-identical resume needs; the scaler's state included.
+def legacy_amp_warnings() -> list[str]:
+    """The deprecation messages of the seed's spelling, ``torch.cuda.amp.GradScaler``/``autocast``.
 
-    Model, optimizer, **scaler** (scale, growth tracker), scheduler, the data
-    loader's shuffling generator, the global RNG states, the history and the
-    next epoch. Only tensors and plain Python values: it loads with
-    ``torch.load(path, weights_only=True)``.
+    Both are created disabled (so this runs without a GPU) and the
+    ``FutureWarning`` texts they emit are returned: each names its
+    ``torch.amp`` replacement.
 
     Taught in course/07_amp_training.ipynb.
     """
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "loader_rng": loader.generator.get_state()
-        if loader is not None and loader.generator is not None
-        else None,
-        "cpu_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "history": history.state_dict(),
-    }
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # never leave a half-written checkpoint behind
-    return path
-
-
-def load_checkpoint(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    loader: torch.utils.data.DataLoader | None = None,
-    history: History | None = None,
-) -> int:
-    """Restore a :func:`save_checkpoint` file (``weights_only=True``); return the next epoch.
-
-    Taught in course/07_amp_training.ipynb.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"epoch", "model", "optimizer", "scaler"} - set(state)
-    if missing:
-        raise ValueError(
-            f"{path} is not a mpcourse.train checkpoint: it lacks {sorted(missing)}; "
-            "save it with mpcourse.train.save_checkpoint"
-        )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler.is_enabled() and not state["scaler"]:
-        raise ValueError(
-            f"{path} holds no GradScaler state but this run uses an enabled scaler: the scale "
-            "would restart at its initial value and the run would not resume exactly"
-        )
-    if state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if loader is not None and loader.generator is not None and state.get("loader_rng") is not None:
-        loader.generator.set_state(state["loader_rng"])
-    torch.set_rng_state(state["cpu_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    if history is not None:
-        for key, value in state["history"].items():
-            setattr(history, key, value)
-    return int(state["epoch"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.amp.GradScaler(enabled=False)
+        with torch.cuda.amp.autocast(enabled=False):
+            pass
+    return [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]

@@ -14,13 +14,11 @@ from mpcourse.data import digits, make_loader
 from mpcourse.device import pick_device
 from mpcourse.models import MLP, SimpleModel
 from mpcourse.train import (
-    History,
     autocast_context,
     backward,
-    load_checkpoint,
+    legacy_amp_warnings,
     make_scaler,
     optimizer_step,
-    save_checkpoint,
     train,
 )
 
@@ -125,17 +123,6 @@ def test_resume_is_bit_identical(tmp_path, precision):
     assert scaler_full.state_dict() == scaler_res.state_dict()
     if precision == "fp16":
         assert hist_full.skipped  # the scaler state really mattered
-
-
-def test_resume_without_scaler_state_is_refused(tmp_path):
-    model, opt, loader = _setup(n=64)
-    path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, model, opt, make_scaler("bf16", DEVICE), None, loader, History(), 1)
-    with pytest.raises(ValueError, match="no GradScaler state"):
-        load_checkpoint(path, model, opt, make_scaler("fp16", DEVICE))
-    torch.save({"model": model.state_dict()}, path)
-    with pytest.raises(ValueError, match="not a mpcourse.train checkpoint"):
-        load_checkpoint(path, model, opt, make_scaler("fp16", DEVICE))
 
 
 def test_gradient_accumulation_equals_big_batch():
@@ -252,6 +239,19 @@ def _no_clip(loss, opt, scaler, model, max_norm):
     scaler.update()
 
 
+def _no_update(loss, opt, scaler, model, max_norm):
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(opt)
+
+
+def _unscaled_backward(loss, opt, scaler, model, max_norm):
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+
+
 def _save(path, model, opt, scaler):
     torch.save({"m": model.state_dict(), "o": opt.state_dict(), "s": scaler.state_dict()}, path)
 
@@ -284,6 +284,10 @@ def test_train_checks():
         checks.check_amp_step(_clip_before_unscale)
     with pytest.raises(CheckFailed, match="clip"):
         checks.check_amp_step(_no_clip)
+    with pytest.raises(CheckFailed, match="update.. is missing"):
+        checks.check_amp_step(_no_update)
+    with pytest.raises(CheckFailed, match="never called scaler.scale"):
+        checks.check_amp_step(_unscaled_backward)
     with pytest.raises(CheckFailed, match="initial scale"):
         checks.check_resume((_save_no_scaler, _load_no_scaler))
     with pytest.raises(CheckFailed, match="tuple"):
@@ -293,3 +297,11 @@ def test_train_checks():
             check(None)
         with pytest.raises(NotAnswered):
             check(stub)
+
+
+def test_the_seeds_torch_cuda_amp_spelling_is_deprecated():
+    messages = legacy_amp_warnings()
+    assert len(messages) == 2
+    assert (
+        "torch.amp.GradScaler('cuda'" in messages[0] and "torch.amp.autocast('cuda'" in messages[1]
+    )

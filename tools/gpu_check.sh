@@ -11,9 +11,9 @@
 # cell, so a claim that does not hold on the GPU fails the run.
 # Steps:
 #   1. environment report (python -m mpcourse doctor)
-#   2. unit tests: tests/test_autocast.py tests/test_train.py (CUDA-only tests run here)
+#   2. the chapters' unit tests (TESTS below; CUDA-only tests run here)
 #   3. notebooks: course/06_autocast.ipynb course/07_amp_training.ipynb under --nbval-lax
-#   4. the CPU path on the same machine (MPCOURSE_DEVICE=cpu) for the two test files
+#   4. the CPU path on the same machine (MPCOURSE_DEVICE=cpu) for the same test files
 # Prints a summary; exit status 0 when every step passed, 1 when one failed, 2 when no GPU.
 # GPU_CHECK_ALLOW_CPU=1 runs the same steps without a GPU (to test this script itself).
 set -uo pipefail
@@ -30,6 +30,7 @@ fi
 # Plain pytest options: the repository's addopts force strict --nbval, which compares outputs
 # produced on the CPU; here notebooks run with --nbval-lax instead.
 PYTEST=("$PYTHON" -m pytest -o addopts= -p no:cacheprovider -q)
+TESTS=(tests/test_autocast.py tests/test_autocast_policy.py tests/test_train.py tests/test_checkpoint.py)
 declare -a names=() results=()
 step() {  # step NAME COMMAND...
     local name="$1"; shift
@@ -40,11 +41,11 @@ step() {  # step NAME COMMAND...
 }
 
 step "environment" "$PYTHON" -m mpcourse doctor
-step "unit tests on CUDA" "${PYTEST[@]}" tests/test_autocast.py tests/test_train.py
+step "unit tests on CUDA" "${PYTEST[@]}" "${TESTS[@]}"
 step "notebooks 06-07 on CUDA (--nbval-lax)" "${PYTEST[@]}" --nbval-lax --nbval-current-env \
     --nbval-cell-timeout=600 course/06_autocast.ipynb course/07_amp_training.ipynb
 step "unit tests, CPU path on this machine" env MPCOURSE_DEVICE=cpu \
-    "${PYTEST[@]}" tests/test_autocast.py tests/test_train.py
+    "${PYTEST[@]}" "${TESTS[@]}"
 
 machine="$("$PYTHON" -c 'import torch
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU dry run)"

@@ -2,38 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..autocast import CATEGORIES, autocast_policy, fake_cuda_autocast
+from ..autocast_policy import CATEGORIES, EXERCISE_OPS, autocast_policy, fake_cuda_autocast
 from ..device import amp_dtype, pick_device
 from ._core import CheckFailed, call_answer, expect_equal, fail, passed, require_answer
 
-_OPS = ("mm", "relu", "mse_loss", "cat")
+#: What to look at in the chapter's policy table when a prediction is wrong.
+_HINTS = {
+    "matmul": "matmul is a matrix multiplication, like mm, linear and bmm in the table.",
+    "gelu": "gelu is an elementwise activation, like relu: is it on any autocast list?",
+    "smooth_l1_loss": "smooth_l1_loss is a loss, like mse_loss and cross_entropy.",
+    "log_softmax": "log_softmax is softmax's sibling: look at softmax in the CUDA f16 column "
+    "(FP16's range is small, so CUDA keeps exp-like ops in FP32).",
+}
 
 
 def check_autocast_categories(answer: dict[str, str]) -> bool:
-    """``answer`` maps each of mm, relu, mse_loss, cat to its CPU bfloat16 autocast category."""
+    """``answer`` maps matmul, gelu, smooth_l1_loss, log_softmax to their CUDA float16 category.
+
+    The truth is probed from the installed torch (on fake CUDA tensors without a GPU).
+    """
     require_answer(answer, "`answer` (a dict op -> category)")
     if not isinstance(answer, dict):
-        fail(f"answer should be a dict like {{'mm': 'lower', ...}}, got {type(answer).__name__}.")
-    missing = [op for op in _OPS if op not in answer]
+        fail(
+            f"answer should be a dict like {{'matmul': 'lower', ...}}, got {type(answer).__name__}."
+        )
+    missing = [op for op in EXERCISE_OPS if op not in answer]
     if missing:
-        fail(f"answer has no entry for {missing}: give a category for each of {list(_OPS)}.")
-    bad = {op: c for op, c in answer.items() if c not in CATEGORIES}
+        fail(
+            f"answer has no entry for {missing}: give a category for each of {list(EXERCISE_OPS)}."
+        )
+    bad = {op: answer[op] for op in EXERCISE_OPS if answer[op] not in CATEGORIES}
     if bad:
-        fail(f"unknown categories {bad}: use one of {list(CATEGORIES)}.")
-    truth = {r.op: r.category for r in autocast_policy("cpu", torch.bfloat16, ops=_OPS)}
-    for op in _OPS:
+        fail(f"unknown categories {bad}: use one of {list(CATEGORIES)} (a category, not a dtype).")
+    truth = {r.op: r.category for r in autocast_policy("cuda", torch.float16, ops=EXERCISE_OPS)}
+    for op in EXERCISE_OPS:
         expect_equal(
             answer[op],
             truth[op],
-            f"category of {op!r} under CPU bfloat16 autocast",
-            hint="trace it: trace_dtypes(lambda: ..., ) shows which dtypes the kernel received.",
+            f"category of {op!r} under CUDA float16 autocast",
+            hint=_HINTS[op],
         )
-    return passed(f"{truth} is what the installed torch's CPU autocast does.")
+    return passed(f"{truth} is what the installed torch's CUDA autocast does.")
 
 
 def check_safe_bce(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
@@ -46,9 +61,12 @@ def check_safe_bce(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     if not isinstance(got, torch.Tensor) or got.numel() != 1:
         fail(f"loss_fn(logits, target) should return a scalar tensor, got {got!r}.")
     expected = F.binary_cross_entropy(torch.sigmoid(logits.double()), target.double())
+    hint = "take the logits, not probabilities: the sigmoid is part of the loss."
+    if math.isclose(float(got), float(expected) * logits.numel(), rel_tol=1e-4):
+        hint = "that is the sum over all elements; BCELoss averages (reduction='mean')."
     expect_equal(
         float(got), float(expected), "loss_fn(logits, target) (mean BCE of sigmoid(logits))",
-        rtol=1e-5, hint="take the logits, not probabilities: the sigmoid is part of the loss.",
+        rtol=1e-5, hint=hint,
     )  # fmt: skip
     try:
         with fake_cuda_autocast(torch.float16) as dev:

@@ -19,18 +19,24 @@ class _SpyScaler(torch.amp.GradScaler):
     def __init__(self) -> None:
         super().__init__("cpu", init_scale=2.0**10)
         self.calls: list[str] = []
+        self._in_step = False
 
     def scale(self, outputs):  # noqa: ANN001, ANN201
         self.calls.append("scale")
         return super().scale(outputs)
 
     def unscale_(self, optimizer):  # noqa: ANN001, ANN201
-        self.calls.append("unscale_")
+        if not self._in_step:  # step() unscales by itself when the user did not
+            self.calls.append("unscale_")
         return super().unscale_(optimizer)
 
     def step(self, optimizer, *args, **kwargs):  # noqa: ANN001, ANN201
         self.calls.append("step")
-        return super().step(optimizer, *args, **kwargs)
+        self._in_step = True
+        try:
+            return super().step(optimizer, *args, **kwargs)
+        finally:
+            self._in_step = False
 
     def update(self, new_scale=None):  # noqa: ANN001, ANN201
         self.calls.append("update")
@@ -57,19 +63,26 @@ def check_amp_step(amp_step: Callable) -> bool:
     ref_model, ref_opt, _, _ = _setup()
     ref_scaler, scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10), _SpyScaler()
     for _ in range(3):
+        before = len(scaler.calls)
         call_answer(amp_step, _loss(model, x, y), opt, scaler, model, 0.1, what="amp_step")
+        calls = scaler.calls[before:]
+        if "scale" not in calls:
+            fail("amp_step never called scaler.scale(loss): backpropagate the *scaled* loss.")
+        if "update" not in calls:
+            fail(
+                f"one call of amp_step made the scaler calls {calls}: scaler.update() is missing. "
+                "Call it once after scaler.step(optimizer); without it the scale never adapts "
+                "and the next step's unscale_ fails."
+            )
+        if calls != ["scale", "unscale_", "step", "update"]:
+            fail(
+                f"one call of amp_step made the scaler calls {calls}; one step must be scale -> "
+                "unscale_ -> (clip) -> step -> update. Hint: unscale_ before clipping, so the "
+                "norm is the true gradient norm, and update once after step."
+            )
         ref_scaler.scale(_loss(ref_model, x, y)).backward()
         optimizer_step(ref_opt, ref_scaler, max_grad_norm=0.1)
         opt.zero_grad(set_to_none=True)
-    calls = [c for c in scaler.calls if c != "scale"]
-    if "scale" not in scaler.calls:
-        fail("amp_step never called scaler.scale(loss): backpropagate the *scaled* loss.")
-    if calls[:3] != ["unscale_", "step", "update"]:
-        fail(
-            f"the scaler saw the calls {scaler.calls[:5]}...; one step must be scale -> "
-            "unscale_ -> (clip) -> step -> update. Hint: unscale_ before clipping, so the "
-            "norm is the true gradient norm, and update once after step."
-        )
     same = all(
         torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         for a, b in zip(model.parameters(), ref_model.parameters(), strict=True)
