@@ -205,26 +205,40 @@ def plot_gradient_histogram(
     bins: int = 80,
     title: str = "Activation gradients",
     label: str | None = None,
+    xlim: tuple[float, float] | None = None,
 ) -> Axes:
     """Histogram of ``log2 |g|`` over the nonzero values, with each format's window shaded.
 
     A format represents magnitudes from ``min_subnormal`` to ``max``; its window
-    is drawn as a band, the normal range starts at the dashed line
-    (``min_normal``). Values left of FP16's band become 0 in FP16. The share of
-    exact zeros is written in the legend (they have no logarithm).
+    is drawn as a band from ``log2 min_subnormal`` (solid line) to ``log2 max``,
+    and its normal range starts at the dashed line (``log2 min_normal``).
+    Nonzero values left of FP16's solid line (``|g| <= 2^-25``) become 0 in
+    FP16; their share is written next to it. The share of exact zeros is
+    written in the legend (they have no logarithm). ``xlim`` (in ``log2``
+    units) zooms in; by default the axis shows every window and every value.
 
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
+    if xlim is not None and (len(xlim) != 2 or not xlim[0] < xlim[1]):
+        raise ValueError(f"xlim must be (left, right) with left < right, got {xlim!r}")
     v = values.detach().flatten().float().abs()
     nonzero = v[v != 0]
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 3.6))
     colors = {"FP16": "#e76f51", "BF16": "#2a9d8f"}
+    alphas = {"FP16": 0.22, "BF16": 0.10}
     lo = math.log2(min(f.min_subnormal for f in formats)) if formats else -30
     for i, fmt in enumerate(formats):
         color = colors.get(fmt.name, f"C{i + 2}")
         left, right = math.log2(fmt.min_subnormal), math.log2(fmt.max)
-        ax.axvspan(left, right, color=color, alpha=0.12, label=f"{fmt.name} range")
+        ax.axvspan(
+            left,
+            right,
+            color=color,
+            alpha=alphas.get(fmt.name, 0.12),
+            lw=0,
+            label=f"{fmt.name} range (2^{left:.0f} to 2^{right:.0f})",
+        )
         ax.axvline(math.log2(fmt.min_normal), color=color, ls="--", lw=1)
         ax.axvline(left, color=color, lw=1.5)
     zero_share = 1 - nonzero.numel() / max(v.numel(), 1)
@@ -238,10 +252,25 @@ def plot_gradient_histogram(
             label=(label or "log2|g| (nonzero)") + f"; zeros: {100 * zero_share:.1f}%",
         )
         lo = min(lo, float(logs.min()) - 1)
-    ax.set_xlim(max(lo, -150), 20)
+    ax.set_xlim(xlim if xlim is not None else (max(lo, -150), 20))
     ax.set_yscale("log")
+    if FP16 in formats and nonzero.numel():
+        edge = math.log2(FP16.min_subnormal)
+        share = flushed_share(nonzero, torch.float16)
+        ax.annotate(
+            f"0 in FP16: {100 * share:.1f}%\nof nonzero values",
+            xy=(edge, 0.96),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4, 0),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize=8,
+            color=colors["FP16"],
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
+        )
     ax.set_xlabel("log2 |gradient|")
     ax.set_ylabel("count")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper right")
     return ax

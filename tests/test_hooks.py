@@ -9,7 +9,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
-from mpcourse.formats import FP16, TF32  # noqa: E402
+from mpcourse.formats import BF16, FP16, TF32  # noqa: E402
 from mpcourse.hooks import (  # noqa: E402
     GradientCapture,
     capture_gradients,
@@ -101,5 +101,24 @@ def test_stats_table_and_plot():
     assert lines[-1].startswith("ALL") and len(lines) == 2 + len(cap.activation) + 1
     assert "layers.0.weight" in stats_table(cap, "weight")
     ax = plot_gradient_histogram(cap.all())
-    assert isinstance(ax, Axes) and "FP16 range" in [t.get_text() for t in ax.get_legend().texts]
+    legend = [t.get_text() for t in ax.get_legend().texts]
+    assert isinstance(ax, Axes) and "FP16 range (2^-24 to 2^16)" in legend
+    assert "BF16 range (2^-133 to 2^128)" in legend
     plot_gradient_histogram(torch.zeros(5), ax=ax)  # all zeros: no histogram, no crash
+
+
+def test_plot_marks_the_share_flushed_in_fp16_and_zooms():
+    import matplotlib.pyplot as plt
+
+    values = torch.tensor([0.0, 2.0**-30, 2.0**-26, 2.0**-20, 2.0**-10, 1.0, -(2.0**-40), 0.5])
+    ax = plot_gradient_histogram(values, xlim=(-50, 18))
+    assert ax.get_xlim() == (-50, 18)
+    notes = [t.get_text() for t in ax.texts]
+    assert notes == ["0 in FP16: 42.9%\nof nonzero values"]  # 3 of the 7 nonzero values
+    assert "zeros: 12.5%" in ax.get_legend().texts[-1].get_text()
+    _, ax2 = plt.subplots()
+    plot_gradient_histogram(values, ax2, formats=(BF16,))  # no FP16 window: no FP16 note
+    assert len(ax2.texts) == 0
+    with pytest.raises(ValueError, match="xlim must be \\(left, right\\) with left < right"):
+        plot_gradient_histogram(values, xlim=(10, -10))
+    plt.close("all")

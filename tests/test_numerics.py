@@ -187,55 +187,182 @@ def test_check_update_survives(capsys):
         checks.check_update_survives(lambda w, u: abs(u) >= spacing_half(w))  # ties wrong
     with pytest.raises(checks.CheckFailed, match="should return a bool"):
         checks.check_update_survives(lambda w, u: "yes")
+    with pytest.raises(checks.CheckFailed, match="should return one bool"):
+        checks.check_update_survives(lambda w, u: torch.tensor([True, False]))
+    assert checks.check_update_survives(lambda w, u: numerics.update_survives(w, u))  # 0-d tensor
+
+
+@pytest.mark.parametrize(
+    "wrong, advice",
+    [
+        # the ratio rule alone: misses the smaller spacing below a power of two
+        (lambda w, u: u != 0 and abs(w / u) < 2048, "below 1 the spacing is 2\\^-11"),
+        # the half spacing above w, on both sides
+        (lambda w, u: abs(u) > spacing_half(w), "below 1 the spacing is 2\\^-11"),
+        # compared with the Python float w instead of w rounded to FP16
+        (
+            lambda w, u: bool((torch.tensor(w) + u).half() != torch.tensor(w)),
+            "stored as the FP16 number 0.0999755859375",
+        ),
+        # FP32 arithmetic: 1 + 2^-11 is not a tie there
+        (
+            lambda w, u: bool(torch.tensor(w) + u != torch.tensor(w)),
+            "a tie, and ties round to the even neighbour",
+        ),
+    ],
+)
+def test_check_update_survives_names_the_mistake(wrong, advice):
+    with pytest.raises(checks.CheckFailed, match=advice):
+        checks.check_update_survives(wrong)
 
 
 def spacing_half(w):
     return numerics.update_threshold(w).item()
 
 
+def _softmax_rows(e):
+    return e / e.sum(dim=-1, keepdim=True)
+
+
 def test_check_stable_softmax():
     assert checks.check_stable_softmax(lambda x: numerics.stable_softmax(x))
-    with pytest.raises(checks.CheckFailed, match="inf or NaN.*subtract the row maximum"):
+    with pytest.raises(checks.CheckFailed, match="inf or NaN.*subtract each row's own maximum"):
         checks.check_stable_softmax(numerics.naive_softmax)
+    # one maximum for the whole tensor: the row [-5, 0, 5] underflows to 0/0
+    with pytest.raises(checks.CheckFailed, match=r"\[nan, nan, nan\].*0/0 = NaN"):
+        checks.check_stable_softmax(lambda x: _softmax_rows(torch.exp(x - x.max())))
     with pytest.raises(checks.CheckFailed, match="compute and return in torch.float16"):
         checks.check_stable_softmax(lambda x: torch.softmax(x.float(), -1))
     with pytest.raises(checks.CheckFailed, match="returned shape"):
         checks.check_stable_softmax(lambda x: numerics.stable_softmax(x).flatten()[:1])
-    with pytest.raises(checks.CheckFailed, match="expected"):
+    with pytest.raises(checks.CheckFailed, match="expected.*each row sums to 1"):
         checks.check_stable_softmax(lambda x: numerics.stable_softmax(x, dim=0))
 
 
+def _lost_right(w, g, lr):
+    new = w.clone().add_(g, alpha=-lr)
+    tried = g != 0
+    return ((new == w) & tried).sum().item() / tried.sum().item()
+
+
 def test_check_lost_fraction():
-    def right(w, g, lr):
-        new = w.clone().add_(g, alpha=-lr)
-        tried = g != 0
-        return ((new == w) & tried).sum().item() / tried.sum().item()
-
-    def counts_zero_gradients_too(w, g, lr):
-        return (w.clone().add_(g, alpha=-lr) == w).float().mean().item()
-
-    assert checks.check_lost_fraction(right)
-    with pytest.raises(checks.CheckFailed, match="count only weights with g != 0"):
-        checks.check_lost_fraction(counts_zero_gradients_too)
+    assert checks.check_lost_fraction(_lost_right)
+    # a 0-d tensor and a float32 division are fine too
+    assert checks.check_lost_fraction(lambda w, g, lr: torch.tensor(_lost_right(w, g, lr)))
     with pytest.raises(checks.CheckFailed, match="should return a float share"):
         checks.check_lost_fraction(lambda w, g, lr: "half")
+    with pytest.raises(checks.CheckFailed, match="should return one number"):
+        checks.check_lost_fraction(lambda w, g, lr: w)
+
+
+@pytest.mark.parametrize(
+    "wrong, advice",
+    [
+        (
+            lambda w, g, lr: (w.clone().add_(g, alpha=-lr) == w).float().mean().item(),
+            "you counted the weights with g == 0 too",
+        ),
+        (lambda w, g, lr: 1 - _lost_right(w, g, lr), "share of updates that \\*changed\\*"),
+        (
+            lambda w, g, lr: (
+                (((w.float() - lr * g.float()) == w.float()) & (g != 0)).sum() / (g != 0).sum()
+            ).item(),
+            "computed and compared in FP32",
+        ),
+        (
+            lambda w, g, lr: int(((w.clone().add_(g, alpha=-lr) == w) & (g != 0)).sum()),
+            "not a share between 0 and 1",
+        ),
+    ],
+)
+def test_check_lost_fraction_names_the_mistake(wrong, advice):
+    with pytest.raises(checks.CheckFailed, match=advice):
+        checks.check_lost_fraction(wrong)
 
 
 def test_check_flushed_share():
     assert checks.check_flushed_share(flushed_share)
-    with pytest.raises(checks.CheckFailed, match="divide by the number of \\*nonzero\\* inputs"):
-        checks.check_flushed_share(lambda g: ((g.half() == 0) & (g != 0)).float().mean().item())
+
+    def tensor_division(g):  # float32 division: a few ulps off the exact share, still right
+        nonzero = g != 0
+        share = ((g.half() == 0) & nonzero).sum() / nonzero.sum().clamp(min=1)
+        return share
+
+    assert checks.check_flushed_share(tensor_division)
     with pytest.raises(checks.CheckFailed, match="expected"):
         checks.check_flushed_share(lambda g: flushed_share(g[g.abs() < 2.0**-25 / 2]))
 
 
+def _nonzero_share(mask, g):
+    return (mask & (g != 0)).sum().item() / (g != 0).sum().item()
+
+
+@pytest.mark.parametrize(
+    "wrong, advice",
+    [
+        (
+            lambda g: ((g.half() == 0) & (g != 0)).float().mean().item(),
+            "divide.* by all values, zeros included",
+        ),
+        (lambda g: _nonzero_share(g.abs() < 2.0**-24, g), "values between 2\\^-25 and 2\\^-24"),
+        (lambda g: _nonzero_share(g <= 2.0**-25, g), "need.* x.abs\\(\\)"),
+        (
+            lambda g: (((g.half() == 0) & (g != 0)).sum() / (g != 0).sum()).item(),
+            "returned NaN.*Return 0.0 when there is nothing to count",
+        ),
+    ],
+)
+def test_check_flushed_share_names_the_mistake(wrong, advice):
+    with pytest.raises(checks.CheckFailed, match=advice):
+        checks.check_flushed_share(wrong)
+
+
 def test_check_adam_eps():
     assert checks.check_adam_eps(1e-7)
+    assert checks.check_adam_eps(10**-7)
     with pytest.raises(checks.NotAnswered):
         checks.check_adam_eps(None)
     with pytest.raises(checks.CheckFailed, match="exactly what becomes 0.0"):
         checks.check_adam_eps(1e-8)
     with pytest.raises(checks.CheckFailed, match="expected 1e-07, got 1e-06"):
         checks.check_adam_eps(1e-6)
+    with pytest.raises(checks.CheckFailed, match="not a power of ten"):
+        checks.check_adam_eps(6e-8)
     with pytest.raises(checks.CheckFailed, match="should be a number"):
         checks.check_adam_eps("1e-7")
+
+
+def test_check_adam_survivors():
+    def derived(g):  # v = (1 - beta2) g^2 must not be 0 in FP16
+        return (0.001 * g.float() ** 2).half() != 0
+
+    def real_step(g):
+        p = torch.nn.Parameter(torch.full_like(g, 0.1))
+        p.grad = g.clone()
+        torch.optim.Adam([p]).step()
+        return torch.isfinite(p.detach())
+
+    assert checks.check_adam_survivors(derived)
+    assert checks.check_adam_survivors(real_step)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_adam_survivors(None)
+    with pytest.raises(checks.NotAnswered, match="not written yet"):
+        checks.check_adam_survivors(stub)
+    with pytest.raises(checks.CheckFailed, match="should return a bool tensor"):
+        checks.check_adam_survivors(lambda g: derived(g).float())
+    with pytest.raises(checks.CheckFailed, match="returned shape"):
+        checks.check_adam_survivors(lambda g: derived(g)[:1])
+
+
+@pytest.mark.parametrize(
+    "wrong, advice",
+    [
+        (lambda g: torch.ones_like(g, dtype=torch.bool), "eps = 1e-8 does not help"),
+        (lambda g: g != 0, "the gradient itself fits in FP16"),
+        (lambda g: g * g != 0, "g\\^2 alone is not Adam's v"),
+        (lambda g: g.abs() > 1e-3, "finite only where v is not 0"),
+    ],
+)
+def test_check_adam_survivors_names_the_mistake(wrong, advice):
+    with pytest.raises(checks.CheckFailed, match=advice):
+        checks.check_adam_survivors(wrong)

@@ -9,7 +9,7 @@ Chapter modules register their checks here by name (one import line each).
 
 from ._core import CheckFailed, NotAnswered
 from .autocast import check_autocast_categories, check_fp32_function, check_safe_bce
-from .bench import check_arithmetic_intensity, check_pad_to_multiple
+from .bench import check_arithmetic_intensity, check_linear_saved_bytes, check_pad_to_multiple
 from .formats import (
     check_decode,
     check_e4m3_max,
@@ -17,9 +17,15 @@ from .formats import (
     check_fp16_max,
     check_round_toy,
 )
-from .fp8 import check_bf16_smallest_update, check_fp8_scale, check_tf32_matmul
+from .fp8 import (
+    check_bf16_smallest_update,
+    check_delayed_scales,
+    check_fp8_scale,
+    check_tf32_matmul,
+)
 from .numerics import (
     check_adam_eps,
+    check_adam_survivors,
     check_flushed_share,
     check_lost_fraction,
     check_stable_softmax,
@@ -58,11 +64,14 @@ __all__ = [
     "check_bf16_smallest_update",
     "check_tf32_matmul",
     "check_fp8_scale",
+    "check_delayed_scales",
     "check_arithmetic_intensity",
     "check_pad_to_multiple",
+    "check_linear_saved_bytes",
     "check_update_survives",
     "check_stable_softmax",
     "check_lost_fraction",
     "check_flushed_share",
     "check_adam_eps",
+    "check_adam_survivors",
 ]

@@ -63,7 +63,7 @@ def call_answer(fn: Callable, *args: Any, what: str) -> Any:
         return fn(*args)
     except NotImplementedError as err:
         raise NotAnswered(
-            f"{what} is not written yet ({err or 'NotImplementedError'}): replace the "
+            f"{what} is not written yet ({str(err) or 'NotImplementedError'}): replace the "
             "`raise NotImplementedError` line in the answer cell with your code."
         ) from None
     except CheckFailed:

@@ -17,42 +17,74 @@ __all__ = [
     "check_lost_fraction",
     "check_flushed_share",
     "check_adam_eps",
+    "check_adam_survivors",
 ]
 
-# (w, update): around w = 1 (ulp 2^-10), w = 1024 (ulp 1), w = 0.1, ties and tiny weights
+# (w, update, what the case teaches): around w = 1 (spacing 2^-10 above, 2^-11 below),
+# w = 1024 (spacing 1), w = 1000 (spacing 0.5), w = 0.1 (not an FP16 number), a subnormal w
 _SURVIVE_CASES = [
-    (1.0, 2.0**-10),
-    (1.0, 2.0**-11),  # tie: rounds to even, i.e. back to 1
-    (1.0, 1.5 * 2.0**-11),
-    (1.0, 2.0**-12),
-    (1.0, -(2.0**-12)),  # below 1 the spacing halves: 1 - 2^-12 is a tie -> 1 (even)
-    (1.0, -(2.0**-11)),
-    (1024.0, 0.5),
-    (1024.0, 0.75),
-    (1000.0, 0.25),
-    (0.1, 1e-5),
-    (0.1, 5e-5),
-    (2.0**-20, 2.0**-30),
-    (3.0, 0.0),
+    (1.0, 2.0**-10, "1 + 2^-10 is the next FP16 number after 1: a full spacing always survives."),
+    (
+        1.0,
+        2.0**-11,
+        "1 + 2^-11 is exactly half the spacing (2^-10) above 1: a tie, and ties "
+        "round to the even neighbour, which is 1 itself.",
+    ),
+    (1.0, 1.5 * 2.0**-11, "more than half a spacing rounds up to the next FP16 number, 1 + 2^-10."),
+    (1.0, 2.0**-12, "a quarter of the spacing rounds back to 1."),
+    (
+        1.0,
+        -(2.0**-12),
+        "just below a power of two the spacing is half as large (2^-11 below 1), "
+        "so 1 - 2^-12 is a tie there, and it rounds to the even neighbour, 1.",
+    ),
+    (
+        1.0,
+        -(2.0**-11),
+        "below 1 the spacing is 2^-11, so 1 - 2^-11 is itself an FP16 number: "
+        "the update survives (use the spacing on the side the update goes).",
+    ),
+    (1024.0, 0.5, "the spacing at 1024 is 1: 1024.5 is a tie and rounds to the even 1024."),
+    (1024.0, 0.75, "the spacing at 1024 is 1: 1024.75 rounds up to 1025."),
+    (
+        1000.0,
+        0.25,
+        "the spacing in [512, 1024) is 0.5: 1000.25 is a tie and rounds to the even 1000.",
+    ),
+    (
+        0.1,
+        1e-5,
+        "w = 0.1 is stored as the FP16 number 0.0999755859375 (spacing 2^-14 ~ 6.1e-5): "
+        "round w to FP16 first and compare with that, not with the Python float.",
+    ),
+    (0.1, 5e-5, "5e-5 is more than half the spacing 2^-14 ~ 6.1e-5 near 0.1: it survives."),
+    (2.0**-20, 2.0**-30, "2^-20 is a subnormal: the spacing there is 2^-24, far above 2^-30."),
+    (3.0, 0.0, "a zero update never changes w."),
 ]
 
 
 def check_update_survives(survives: Callable[[float, float], bool]) -> bool:
-    """``survives(w, u)`` must say whether ``w + u`` differs from ``w`` in FP16."""
+    """``survives(w, u)`` must say whether ``w + u`` differs from ``w`` in FP16.
+
+    Each case carries its own hint: ties, the smaller spacing just below a
+    power of two, ``w`` itself rounded to FP16, subnormals, a zero update.
+    """
     require_answer(survives, "`survives`")
-    for w, u in _SURVIVE_CASES:
+    for w, u, lesson in _SURVIVE_CASES:
         got = call_answer(survives, w, u, what="survives")
         if not isinstance(got, (bool, torch.Tensor)) and type(got).__name__ != "bool_":
             fail(f"survives({w!r}, {u!r}) should return a bool, got {type(got).__name__}.")
+        if isinstance(got, torch.Tensor) and got.numel() != 1:
+            fail(f"survives({w!r}, {u!r}) should return one bool, got {_short_shape(got)}.")
         expected = bool(update_survives(w, u))
-        hint = (
-            "an update survives when it is more than half the FP16 spacing at w "
-            "(ulp(w) = 2^(floor(log2 |w|) - 10)); an exact half rounds to the even neighbour."
-        )
-        expect_equal(bool(got), expected, f"survives({w!r}, {u!r})", hint=hint)
+        expect_equal(bool(got), expected, f"survives({w!r}, {u!r})", hint=lesson)
     return passed(
         f"survives() predicts FP16 swamping on {len(_SURVIVE_CASES)} cases, ties included."
     )
+
+
+def _short_shape(t: torch.Tensor) -> str:
+    return f"a tensor of shape {tuple(t.shape)}"
 
 
 def check_stable_softmax(softmax_fp16: Callable[[torch.Tensor], torch.Tensor]) -> bool:
@@ -77,16 +109,56 @@ def check_stable_softmax(softmax_fp16: Callable[[torch.Tensor], torch.Tensor]) -
             fail(f"{where} returned shape {tuple(got.shape)}, expected {tuple(xh.shape)}.")
         if not torch.isfinite(got).all():
             fail(
-                f"{where} contains inf or NaN: exp() of a large input overflows FP16 (> 65504). "
-                "Hint: subtract the row maximum first; softmax does not change."
+                f"{where} contains inf or NaN ({_describe(got)}): exp() of an input above "
+                "ln 65504 ~ 11.09 overflows FP16, and inf/inf is NaN; a row whose every exp() "
+                "underflows to 0 gives 0/0 = NaN. Hint: subtract each row's own maximum, "
+                "x.amax(dim=-1, keepdim=True), first: softmax does not change, and the largest "
+                "term of every row becomes exp(0) = 1."
             )
         expected = torch.softmax(xh.float(), dim=-1)
-        expect_equal(got.float(), expected, where, atol=2e-3, rtol=1e-2)
+        expect_equal(
+            got.float(),
+            expected,
+            where,
+            atol=2e-3,
+            rtol=1e-2,
+            hint="softmax runs over the last dimension: every row is exp(x - max) divided by "
+            "the sum of that row, so each row sums to 1.",
+        )
     return passed("softmax_fp16 stays finite in FP16 and matches torch.softmax on 5 inputs.")
 
 
 def _describe(x: torch.Tensor) -> str:
-    return str([round(v, 1) for v in x.flatten().tolist()][:7]) + ("" if x.dim() == 1 else " ...")
+    """A short, readable form of a small tensor: nested lists, 4 significant digits."""
+    values = x.detach().float()
+    if values.numel() > 8:
+        return f"a tensor of shape {tuple(values.shape)}"
+
+    def fmt(v: object) -> object:
+        return [fmt(u) for u in v] if isinstance(v, list) else float(f"{v:.4g}")
+
+    return str(fmt(values.tolist()))
+
+
+def _as_share(got: object, where: str) -> float:
+    """A one-element tensor or a number as a float; a clear failure otherwise."""
+    if isinstance(got, torch.Tensor):
+        if got.numel() != 1:
+            fail(f"{where} should return one number (a share), got {_short_shape(got)}.")
+        got = float(got)
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        fail(f"{where} should return a float share between 0 and 1, got {got!r}.")
+    if math.isnan(got):
+        fail(
+            f"{where} returned NaN: a 0/0? Return 0.0 when there is nothing to count "
+            "(no nonzero value)."
+        )
+    if not 0 <= got <= 1:
+        fail(
+            f"{where} returned {got!r}, which is not a share between 0 and 1: divide the count "
+            "by the number of values it is a share of."
+        )
+    return float(got)
 
 
 def _reference_lost_fraction(w: torch.Tensor, g: torch.Tensor, lr: float) -> float:
@@ -97,10 +169,43 @@ def _reference_lost_fraction(w: torch.Tensor, g: torch.Tensor, lr: float) -> flo
     return int((tried & (p.detach() == w)).sum()) / max(int(tried.sum()), 1)
 
 
+def _lost_fraction_diagnosis(w: torch.Tensor, g: torch.Tensor, lr: float, got: float) -> str:
+    """Name the usual mistake behind a wrong ``lost_fraction`` answer, if it is one of them."""
+    new = w.clone().add_(g, alpha=-lr)
+    tried = g != 0
+    unchanged = new == w
+    expected = int((tried & unchanged).sum()) / int(tried.sum())
+    guesses = {
+        "you counted the weights with g == 0 too: they get no update at all, so they are "
+        "neither kept nor lost; divide by the number of nonzero gradients only.": float(
+            unchanged.float().mean()
+        ),
+        "that is the share of updates that *changed* the weight; the question asks for the "
+        "share that did not.": 1 - expected,
+        "w - lr * g was computed and compared in FP32 (or float64), where almost nothing is "
+        "lost; the weight is stored in FP16, so round the new weight to FP16 (or add in place "
+        "on the FP16 tensor) before comparing.": int(
+            (tried & ((w.double() - lr * g.double()) == w.double())).sum()
+        )
+        / int(tried.sum()),
+    }
+    for advice, value in guesses.items():
+        if abs(got - value) <= 2e-3 and abs(got - expected) > 2e-3:
+            return advice
+    return (
+        "count only weights with g != 0, and compare the FP16 weight after w - lr * g "
+        "(rounded to FP16) with the weight before."
+    )
+
+
 def check_lost_fraction(
     lost_fraction: Callable[[torch.Tensor, torch.Tensor, float], float],
 ) -> bool:
-    """``lost_fraction(w, g, lr)``: share of FP16 weights with g != 0 that SGD leaves unchanged."""
+    """``lost_fraction(w, g, lr)``: share of FP16 weights with g != 0 that SGD leaves unchanged.
+
+    Wrong answers are diagnosed: weights with ``g == 0`` counted, the share that
+    changed instead of the share lost, arithmetic done in FP32, a count instead of a share.
+    """
     require_answer(lost_fraction, "`lost_fraction`")
     gen = torch.Generator().manual_seed(3)
     n = 4096
@@ -109,39 +214,68 @@ def check_lost_fraction(
     g = g.half()
     g[::7] = 0  # some weights get no gradient at all: they do not count
     for lr in (0.1, 0.01, 0.001):
-        got = call_answer(lost_fraction, w.clone(), g.clone(), lr, what="lost_fraction")
-        if isinstance(got, torch.Tensor):
-            got = float(got)
-        if not isinstance(got, float) or math.isnan(got):
-            fail(f"lost_fraction(w, g, lr={lr}) should return a float share, got {got!r}.")
-        expected = _reference_lost_fraction(w, g, lr)
-        hint = (
-            "count only weights with g != 0, and compare the FP16 weight after "
-            "w - lr * g (rounded to FP16) with the weight before."
+        where = f"lost_fraction(w, g, lr={lr}) (4096 FP16 weights ~ 0.1, one in 7 with g == 0)"
+        got = _as_share(
+            call_answer(lost_fraction, w.clone(), g.clone(), lr, what="lost_fraction"), where
         )
-        expect_equal(got, expected, f"lost_fraction(w, g, lr={lr})", atol=2e-3, hint=hint)
+        expected = _reference_lost_fraction(w, g, lr)
+        hint = _lost_fraction_diagnosis(w, g, lr, got)
+        expect_equal(got, round(expected, 6), where, atol=2e-3, hint=hint)
     return passed("lost_fraction matches a real FP16 SGD step at lr = 0.1, 0.01 and 0.001.")
 
 
+def _flushed_diagnosis(x: torch.Tensor, got: float) -> str:
+    """Name the usual mistake behind a wrong ``flushed`` answer, if it is one of them."""
+    nonzero = x != 0
+    n_nz = max(int(nonzero.sum()), 1)
+    guesses = {
+        "you divided by all values, zeros included; the share is of the *nonzero* values.": (
+            float((nonzero & (x.half() == 0)).float().mean()) if x.numel() else math.nan
+        ),
+        "you compared with 2^-24 (or 6e-8); but values between 2^-25 and 2^-24 round *up* to "
+        "2^-24 and survive: let the cast decide, x.half() == 0.": int(
+            (nonzero & (x.abs() < 2.0**-24)).sum()
+        )
+        / n_nz,
+        "negative gradients count too, by their magnitude: a threshold test needs x.abs(); "
+        "a cast (x.half() == 0) needs none.": int((nonzero & (x <= 2.0**-25)).sum()) / n_nz,
+    }
+    expected = flushed_share(x)
+    for advice, value in guesses.items():
+        if abs(got - value) <= 1e-6 and abs(got - expected) > 1e-6:
+            return advice
+    return (
+        "divide by the number of *nonzero* inputs; a value is flushed when x != 0 "
+        "but x.half() == 0 (|x| <= 2^-25)."
+    )
+
+
 def check_flushed_share(flushed: Callable[[torch.Tensor], float]) -> bool:
-    """``flushed(grads)``: share of nonzero FP32 values that become 0 when cast to FP16."""
+    """``flushed(grads)``: share of nonzero FP32 values that become 0 when cast to FP16.
+
+    Wrong answers are diagnosed: divided by all values, a ``< 2^-24`` threshold
+    instead of the cast, no ``abs``, NaN when every value is zero.
+    """
     require_answer(flushed, "`flushed`")
     gen = torch.Generator().manual_seed(4)
     g = torch.randn(10000, generator=gen) * torch.exp2(
         torch.empty(10000).uniform_(-34, -10, generator=gen)
     )
     g[::5] = 0
-    cases = [g, torch.tensor([2.0**-25, 2.0**-24, 1.5 * 2.0**-25, 0.0, -(2.0**-26)]), g[g != 0]]
-    for x in cases:
-        got = call_answer(flushed, x.clone(), what="flushed")
-        if isinstance(got, torch.Tensor):
-            got = float(got)
+    cases = {
+        "10000 random gradients of size 2^-34 to 2^-10, one in five exactly 0": g,
+        "the same gradients without the zeros": g[g != 0],
+        str([2.0**-25, 2.0**-24, 1.5 * 2.0**-25, 0.0, -(2.0**-26)])
+        + " (2^-25, 2^-24, 1.5 * 2^-25, 0, -2^-26)": torch.tensor(
+            [2.0**-25, 2.0**-24, 1.5 * 2.0**-25, 0.0, -(2.0**-26)]
+        ),
+        "a 2x3 tensor of zeros (no nonzero value: the answer is 0.0)": torch.zeros(2, 3),
+    }
+    for text, x in cases.items():
+        where = f"flushed({text})"
+        got = _as_share(call_answer(flushed, x.clone(), what="flushed"), where)
         expected = flushed_share(x)
-        hint = (
-            "divide by the number of *nonzero* inputs; a value is flushed when x != 0 "
-            "but x.half() == 0 (|x| <= 2^-25)."
-        )
-        expect_equal(got, expected, f"flushed({_describe(x)})", atol=1e-9, hint=hint)
+        expect_equal(got, expected, where, atol=1e-6, hint=_flushed_diagnosis(x, got))
     return passed("flushed() counts FP16 underflow exactly, ties at 2^-25 included.")
 
 
@@ -152,6 +286,11 @@ def check_adam_eps(answer: float) -> bool:
         fail(f"answer should be a number such as 1e-3, got {answer!r}.")
     if answer == 1e-8:
         fail("1e-8 is Adam's default and is exactly what becomes 0.0 in FP16.")
+    if answer <= 0 or not math.isclose(math.log10(answer), round(math.log10(answer)), abs_tol=1e-9):
+        fail(
+            f"{answer!r} is not a power of ten 10^-k; the question asks for the smallest "
+            "power of ten that FP16 does not turn into 0."
+        )
     expected = next(10.0**-k for k in range(12, 0, -1) if torch.tensor(10.0**-k).half() != 0)
     expect_equal(
         answer,
@@ -161,3 +300,86 @@ def check_adam_eps(answer: float) -> bool:
         hint="FP16 flushes values <= 2^-25 (about 3e-8) to zero; try torch.tensor(x).half().",
     )
     return passed("1e-7 is the smallest power of ten FP16 keeps (as 1.19e-7, a subnormal).")
+
+
+def _adam_first_step_finite(g: torch.Tensor) -> torch.Tensor:
+    """Where one pure-FP16 ``torch.optim.Adam`` step with gradient ``g`` leaves ``w`` finite."""
+    p = torch.nn.Parameter(torch.full_like(g, 0.1))
+    p.grad = g.clone()
+    torch.optim.Adam([p], lr=1e-3, foreach=False).step()
+    return torch.isfinite(p.detach())
+
+
+def check_adam_survivors(survivors: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """``survivors(g)``: a bool tensor, True where a first pure-FP16 Adam step leaves ``w`` finite.
+
+    The reference is a real step of ``torch.optim.Adam(lr=1e-3)`` (default
+    ``eps=1e-8``, betas ``(0.9, 0.999)``) on FP16 weights. Gradients within 3%
+    of the threshold ``sqrt(2^-25 / 0.001) ~ 5.46e-3`` are left out, so that a
+    derivation that rounds slightly differently from torch still passes.
+    Wrong answers are diagnosed: a threshold on ``g`` itself, ``g^2`` without
+    the factor ``1 - beta2``, trusting ``eps``.
+    """
+    require_answer(survivors, "`survivors`")
+    gen = torch.Generator().manual_seed(5)
+    sizes = torch.exp2(torch.empty(2000).uniform_(-20, 0, generator=gen))
+    signs = torch.where(torch.rand(2000, generator=gen) < 0.5, -1.0, 1.0)
+    g = sizes * signs
+    threshold = math.sqrt(2.0**-25 / 1e-3)
+    g = g[(g.abs() - threshold).abs() > 0.03 * threshold]
+    g[::10] = 0.0
+    cases = {
+        "[0, 1e-4, 1e-3, 5e-3, 6e-3, 1e-2, -1e-2, 0.5]": torch.tensor(
+            [0.0, 1e-4, 1e-3, 5e-3, 6e-3, 1e-2, -1e-2, 0.5]
+        ),
+        f"{g.numel()} random FP16 gradients between 2^-20 and 1, one in ten exactly 0": g,
+    }
+    for text, values in cases.items():
+        g16 = values.half()
+        where = f"survivors({text})"
+        got = call_answer(survivors, g16.clone(), what="survivors")
+        if not isinstance(got, torch.Tensor) or got.dtype != torch.bool:
+            fail(f"{where} should return a bool tensor, got {_short_value(got)}.")
+        if got.shape != g16.shape:
+            fail(f"{where} returned shape {tuple(got.shape)}, expected {tuple(g16.shape)}.")
+        expected = _adam_first_step_finite(g16)
+        if torch.equal(got.cpu(), expected):
+            continue
+        wrong = (got.cpu() != expected).nonzero().flatten()
+        first = int(wrong[0])
+        gi = float(g16[first])
+        advice = _adam_diagnosis(g16, got.cpu())
+        fail(
+            f"{where}: wrong for {len(wrong)} of {g16.numel()} gradients, e.g. g = {gi:.3g}: "
+            f"expected {bool(expected[first])}, got {bool(got[first])}. Hint: {advice}"
+        )
+    return passed(
+        "survivors() predicts which weights one pure-FP16 Adam step leaves finite: "
+        "only those whose v = 0.001 g^2 is not 0 in FP16 (|g| above ~5.5e-3)."
+    )
+
+
+def _short_value(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {str(x.dtype).replace('torch.', '')} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def _adam_diagnosis(g16: torch.Tensor, got: torch.Tensor) -> str:
+    g = g16.float()
+    guesses = {
+        "eps = 1e-8 does not help: it is 0 in FP16 (chapter 02), so sqrt(v) + eps is 0 "
+        "wherever v is 0.": torch.ones_like(got),
+        "the gradient itself fits in FP16; what underflows is v = (1 - beta2) g^2 = 0.001 g^2, "
+        "the second moment of the first step.": g != 0,
+        "g^2 alone is not Adam's v: at the first step v = (1 - beta2) g^2 = 0.001 g^2, and "
+        "that factor 0.001 moves the threshold up to |g| ~ 5.5e-3.": (g * g).half() != 0,
+    }
+    for advice, guess in guesses.items():
+        if torch.equal(got, guess):
+            return advice
+    return (
+        "at the first step m = 0.1 g and v = 0.001 g^2, both stored in FP16, and eps is 0: "
+        "the update m_hat / sqrt(v_hat) is finite only where v is not 0 (where v is 0 it "
+        "is m/0 = inf, or 0/0 = NaN when m is 0 too)."
+    )
