@@ -173,9 +173,8 @@ def _found_inf(scaler: Scaler, optimizer: torch.optim.Optimizer) -> bool:
     """Did the scaler find inf/NaN in this optimizer's gradients (between step and update)?"""
     if isinstance(scaler, DynamicLossScaler):
         found = scaler._states[id(optimizer)].found_inf
-    else:
-        found = scaler._found_inf_per_device(optimizer)
-    return bool(sum(v.item() for v in found.values()))
+        return found is not None and bool(found.item())
+    return bool(sum(v.item() for v in scaler._found_inf_per_device(optimizer).values()))
 
 
 def train_master(
@@ -261,7 +260,8 @@ def ledger(recipe: str, optimizer: str = "sgd") -> dict[str, int]:
     Each adds 4 bytes per FP32 optimizer state: SGD 0, momentum 1, Adam 2
     (``exp_avg``, ``exp_avg_sq``). ZeRO (Rajbhandari et al. 2020) counts
     16 bytes for mixed-precision Adam, 2 + 2 + (4 + 4 + 4): the ``"master"``
-    row without the FP32 master grads, which a fused optimizer never stores.
+    row without the FP32 master grads, which it does not count (an optimizer
+    can convert the FP16 gradients on the fly instead of storing FP32 copies).
 
     Taught in course/04_master_weights.ipynb.
     """

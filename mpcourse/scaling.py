@@ -1,29 +1,19 @@
 """Loss scaling from scratch: a static and a dynamic loss scaler.
 
-FP16 gradients smaller than 2^-24 flush to zero. Loss scaling multiplies the
-loss by ``S`` before ``backward()``, so every gradient is computed as
-``S * g`` (shifted up the FP16 range by ``log2(S)`` binades), then divides the
-FP32 gradients by ``S`` before the optimizer uses them:
-
-    backward(S * loss)  ->  grads S*g  ->  g = (S*g) * (1/S)  ->  optimizer.step()
-
-If ``S * g`` overflowed (inf or NaN anywhere), the step is skipped. The
-dynamic scaler then halves ``S`` (backoff) and doubles it again after
-``growth_interval`` clean steps in a row (growth)::
-
-    overflow:  S <- S * backoff_factor,  tracker <- 0
-    clean:     tracker <- tracker + 1; if tracker == growth_interval:
-                   S <- S * growth_factor (only if that is finite in FP32), tracker <- 0
+FP16 gradients below 2^-25 round to zero. Loss scaling runs ``backward()`` on
+``S * loss``, so every gradient is ``S * g`` (``log2 S`` binades higher), and
+divides the FP32 gradients by ``S`` before the optimizer uses them. If any
+``S * g`` is inf or NaN the step is skipped, and the dynamic scaler adapts
+``S`` (:func:`next_scale`): halve it on overflow, double it after
+``growth_interval`` clean steps in a row.
 
 :class:`DynamicLossScaler` has the observable behaviour of
-``torch.amp.GradScaler`` on one device: same defaults, same scale
-trajectory, same skipped steps, bit-identical parameters, same ``state_dict``
-and the same exception types on misuse (with messages that say what to do).
-It keeps GradScaler's state machine per optimizer: READY -> (``unscale_``)
-UNSCALED -> (``step``) STEPPED -> (``update``) READY. Deliberate differences:
-nonsensical settings (a scale that is not positive and finite, a growth
-interval < 1) are refused up front, ``update(new_scale)`` also accepts an int,
-and ``skipped_steps`` counts the skipped optimizer steps.
+``torch.amp.GradScaler`` on one device (defaults, scale trajectory, skipped
+steps, bit-identical parameters, ``state_dict``, exception types on misuse)
+and keeps its per-optimizer state machine: READY -> ``unscale_`` -> UNSCALED
+-> ``step`` -> STEPPED -> ``update`` -> READY. Deliberate differences:
+nonsensical settings are refused up front, ``update(new_scale)`` also takes an
+int, gradients must sit on one device, and ``skipped_steps`` counts skips.
 
 Taught in course/05_loss_scaling.ipynb.
 """
@@ -33,7 +23,7 @@ from __future__ import annotations
 import math
 import struct
 from collections import abc, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -51,10 +41,9 @@ __all__ = [
 
 
 class OptState(Enum):
-    """Where one optimizer is in the current iteration (the names torch.amp uses).
+    """Where one optimizer is in the current iteration (torch.amp's names).
 
-    Taught in course/05_loss_scaling.ipynb.
-    """
+    Taught in course/05_loss_scaling.ipynb."""
 
     READY = 0
     UNSCALED = 1
@@ -62,20 +51,14 @@ class OptState(Enum):
 
 
 class ScalerUsageError(RuntimeError, AssertionError):
-    """Scaler methods called in the wrong order.
-
-    A RuntimeError *and* an AssertionError: GradScaler raises one or the other
-    for the same mistakes, so code that catches GradScaler's errors catches ours.
-
-    Taught in course/05_loss_scaling.ipynb.
-    """
+    """Scaler methods called in the wrong order (GradScaler raises RuntimeError or
+    AssertionError for these; ours is both). Taught in course/05_loss_scaling.ipynb."""
 
 
 class ScalerConfigError(ValueError, AssertionError):
-    """A scaler setting is out of range (GradScaler raises AssertionError for these).
+    """A scaler setting is out of range (GradScaler: AssertionError).
 
-    Taught in course/05_loss_scaling.ipynb.
-    """
+    Taught in course/05_loss_scaling.ipynb."""
 
 
 def _fp32(x: float) -> float:
@@ -149,13 +132,11 @@ class _PerOptimizer:
     """What the scaler knows about one optimizer during the current iteration."""
 
     stage: OptState = OptState.READY
-    found_inf: dict[torch.device, torch.Tensor] = field(default_factory=dict)  # one per device
+    found_inf: torch.Tensor | None = None  # 1.0 if a gradient held inf/NaN; None: not checked
 
 
 class DynamicLossScaler:
-    """Dynamic loss scaling, written to be read; behaves like ``torch.amp.GradScaler``.
-
-    Use it exactly like GradScaler::
+    """Dynamic loss scaling, written to be read; behaves like ``torch.amp.GradScaler``::
 
         scaler.scale(loss).backward()   # grads are S * g
         scaler.unscale_(optimizer)      # optional: grads are g (e.g. to clip them)
@@ -202,18 +183,18 @@ class DynamicLossScaler:
         """Return ``outputs * S``: a tensor, or a list/tuple/iterable of tensors (nested)."""
         if not self._enabled:
             return outputs
-
-        def apply(value: Any) -> Any:
-            if isinstance(value, torch.Tensor):
-                return value * self._scale_on(value.device)
-            if isinstance(value, abc.Iterable):
-                scaled = map(apply, value)
-                return type(value)(scaled) if isinstance(value, (list, tuple)) else scaled
-            raise ValueError(
-                f"outputs must be a Tensor or an iterable of Tensors, got {type(value).__name__}"
-            )
-
-        return apply(outputs)
+        if isinstance(outputs, torch.Tensor):
+            if self._scale is None:  # lazily, on the device of the first scaled output
+                self._scale = torch.full(
+                    (), self._init_scale, dtype=torch.float32, device=outputs.device
+                )
+            return outputs * self._scale.to(outputs.device, non_blocking=True)
+        if isinstance(outputs, abc.Iterable):
+            scaled = map(self.scale, outputs)
+            return type(outputs)(scaled) if isinstance(outputs, (list, tuple)) else scaled
+        raise ValueError(
+            f"outputs must be a Tensor or an iterable of Tensors, got {type(outputs).__name__}"
+        )
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide the optimizer's gradients by ``S`` in place and record whether any is inf/NaN."""
@@ -221,14 +202,12 @@ class DynamicLossScaler:
             return
         scale = self._require_scale("unscale_")
         state = self._states[id(optimizer)]
-        if state.stage is OptState.UNSCALED:
+        if state.stage is not OptState.READY:
             raise ScalerUsageError(
                 "unscale_() has already been called on this optimizer since the last update(): "
                 "call it at most once per iteration, between backward() and step()."
-            )
-        if state.stage is OptState.STEPPED:
-            raise ScalerUsageError(
-                "unscale_() is being called after step(): call unscale_() before step(), "
+                if state.stage is OptState.UNSCALED
+                else "unscale_() is being called after step(): call unscale_() before step(), "
                 "and update() once at the end of the iteration."
             )
         inv_scale = scale.double().reciprocal().float()  # 1/S in FP64, then rounded, like torch
@@ -256,16 +235,16 @@ class DynamicLossScaler:
             return self._fused_step(optimizer, state, *args, **kwargs)
         if state.stage is OptState.READY:
             self.unscale_(optimizer)
-        if not state.found_inf:
+        if state.found_inf is None:
             raise ScalerUsageError(
                 "No inf checks were recorded for this optimizer: none of its parameters has a "
                 ".grad. Call scaler.scale(loss).backward() before scaler.step(optimizer)."
             )
         retval = None
-        if not sum(v.item() for v in state.found_inf.values()):
-            retval = optimizer.step(*args, **kwargs)
-        else:
+        if state.found_inf.item():
             self.skipped_steps += 1
+        else:
+            retval = optimizer.step(*args, **kwargs)
         state.stage = OptState.STEPPED
         return retval
 
@@ -275,31 +254,29 @@ class DynamicLossScaler:
         if not self._enabled:
             return
         scale = self._require_scale("update")
-        if new_scale is not None:
-            if isinstance(new_scale, (int, float)) and not isinstance(new_scale, bool):
-                scale.fill_(float(new_scale))
-            else:
-                ok = (
-                    isinstance(new_scale, torch.Tensor)
-                    and new_scale.device.type == scale.device.type
-                    and new_scale.numel() == 1
-                    and not new_scale.requires_grad
-                )
-                if not ok:
-                    raise ScalerConfigError(
-                        "new_scale should be a float or a 1-element tensor on the scale's device "
-                        f"({scale.device.type}) with requires_grad=False, got {new_scale!r}: "
-                        "pass e.g. update(1024.0), or update() to let the scaler decide."
-                    )
-                scale.copy_(new_scale)
-        else:
-            found = [f for s in self._states.values() for f in s.found_inf.values()]
+        if new_scale is None:
+            found = [s.found_inf for s in self._states.values() if s.found_inf is not None]
             if not found:
                 raise ScalerUsageError(
                     "No inf checks were recorded prior to update(): call "
                     "scaler.step(optimizer) for each optimizer before scaler.update()."
                 )
-            self._update_scale(bool(sum(f.item() for f in found)))
+            self._update_scale(any(bool(f.item()) for f in found))
+        elif isinstance(new_scale, (int, float)) and not isinstance(new_scale, bool):
+            scale.fill_(float(new_scale))
+        elif (
+            isinstance(new_scale, torch.Tensor)
+            and new_scale.device.type == scale.device.type
+            and new_scale.numel() == 1
+            and not new_scale.requires_grad
+        ):
+            scale.copy_(new_scale)
+        else:
+            raise ScalerConfigError(
+                "new_scale should be a float or a 1-element tensor on the scale's device "
+                f"({scale.device.type}) with requires_grad=False, got {new_scale!r}: "
+                "pass e.g. update(1024.0), or update() to let the scaler decide."
+            )
         self._states = defaultdict(_PerOptimizer)
 
     # -- the algorithm ---------------------------------------------------------------------
@@ -315,11 +292,6 @@ class DynamicLossScaler:
         )
         self._scale.fill_(new)
 
-    def _scale_on(self, device: torch.device) -> torch.Tensor:
-        if self._scale is None:  # lazily, on the device of the first scaled output
-            self._scale = torch.full((), self._init_scale, dtype=torch.float32, device=device)
-        return self._scale.to(device=device, non_blocking=True)
-
     def _require_scale(self, funcname: str) -> torch.Tensor:
         if self._scale is None:
             raise ScalerUsageError(
@@ -330,26 +302,33 @@ class DynamicLossScaler:
 
     def _check_and_unscale(
         self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor, allow_fp16: bool
-    ) -> dict[torch.device, torch.Tensor]:
-        per_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    ) -> torch.Tensor | None:
+        """Unscale every gradient of ``optimizer``; return the found-inf flag (None: no grads)."""
+        grads = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not allow_fp16 and param.grad.dtype == torch.float16:
+                    raise ValueError(
+                        "Attempting to unscale FP16 gradients: the optimizer holds float16 "
+                        f"parameters (shape {tuple(param.shape)}). Keep the parameters an "
+                        "optimizer updates in float32: use autocast (not model.half()), or "
+                        "FP32 master weights (mpcourse.master.MasterWeights)."
+                    )
+                grads.append(param.grad._values() if param.grad.is_sparse else param.grad)
+        if not grads:
+            return None
+        devices = {g.device for g in grads}
+        if len(devices) > 1:
+            raise ValueError(
+                "DynamicLossScaler handles gradients on one device, found "
+                f"{sorted(map(str, devices))}: use torch.amp.GradScaler for a model spread over "
+                "several devices."
+            )
+        found_inf = torch.zeros((), dtype=torch.float32, device=grads[0].device)
         with torch.no_grad():
-            for group in optimizer.param_groups:
-                for param in group["params"]:
-                    grad = param.grad
-                    if grad is None:
-                        continue
-                    if not allow_fp16 and grad.dtype == torch.float16:
-                        raise ValueError(
-                            "Attempting to unscale FP16 gradients: the optimizer holds float16 "
-                            f"parameters (shape {tuple(param.shape)}). Keep the parameters an "
-                            "optimizer updates in float32: use autocast (not model.half()), or "
-                            "FP32 master weights (mpcourse.master.MasterWeights)."
-                        )
-                    per_device[grad.device].append(grad._values() if grad.is_sparse else grad)
-            found_inf = {}
-            for device, grads in per_device.items():
-                found_inf[device] = torch.zeros((), dtype=torch.float32, device=device)
-                unscale_grads_(grads, inv_scale.to(device), found_inf[device])
+            unscale_grads_(grads, inv_scale.to(grads[0].device), found_inf)
         return found_inf
 
     def _fused_step(
@@ -358,24 +337,21 @@ class DynamicLossScaler:
         """Optimizers built with ``fused=True`` unscale and skip inside their own kernel: they
         read ``optimizer.grad_scale`` and ``optimizer.found_inf`` (GradScaler's contract)."""
         scale = self._require_scale("step")
-        if state.stage is OptState.READY:  # only look for inf/NaN (inv_scale 1)
+        if state.stage is OptState.READY:  # only look for inf/NaN (inv_scale 1), keep S * g
             one = torch.ones((), dtype=torch.float32, device=scale.device)
             state.found_inf = self._check_and_unscale(optimizer, one, allow_fp16=True)
-        found_inf = sum(f.to(scale.device) for f in state.found_inf.values())
-        optimizer.grad_scale = (  # type: ignore[attr-defined]
-            getattr(optimizer, "grad_scale", None)
-            if state.stage is OptState.UNSCALED
-            else scale * getattr(optimizer, "grad_scale", 1)
-        )
-        optimizer.found_inf = found_inf  # type: ignore[attr-defined]
+            optimizer.grad_scale = scale * getattr(optimizer, "grad_scale", 1)  # type: ignore[attr-defined]
+        found_inf = state.found_inf if state.found_inf is not None else torch.zeros_like(scale)
+        optimizer.found_inf = found_inf.to(scale.device)  # type: ignore[attr-defined]
         retval = optimizer.step(*args, **kwargs)
-        if float(found_inf):
-            self.skipped_steps += 1
+        self.skipped_steps += int(bool(optimizer.found_inf.item()))  # type: ignore[attr-defined]
         state.stage = OptState.STEPPED
-        del optimizer.grad_scale, optimizer.found_inf  # type: ignore[attr-defined]
+        del optimizer.found_inf  # type: ignore[attr-defined]
+        if hasattr(optimizer, "grad_scale"):
+            del optimizer.grad_scale  # type: ignore[attr-defined]
         return retval
 
-    # -- inspection and checkpoints ------------------------------------------------------
+    # -- inspection and checkpoints: GradScaler's accessors --------------------------------
     def get_scale(self) -> float:
         """The current scale as a Python float (1.0 when disabled)."""
         if not self._enabled:
@@ -403,17 +379,20 @@ class DynamicLossScaler:
     def set_growth_interval(self, new_interval: int) -> None:
         self._growth_interval = new_interval
 
+    _STATE_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
     def state_dict(self) -> dict[str, Any]:
         """GradScaler's five entries (``{}`` when disabled); save it after ``update()``."""
         if not self._enabled:
             return {}
-        return {
+        everything = {
             "scale": self.get_scale(),
             "growth_factor": self._growth_factor,
             "backoff_factor": self._backoff_factor,
             "growth_interval": self._growth_interval,
             "_growth_tracker": self._growth_tracker,
         }
+        return {key: everything[key] for key in self._STATE_KEYS}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved (a no-op when disabled)."""
@@ -424,17 +403,16 @@ class DynamicLossScaler:
                 "The source state dict is empty, possibly because it was saved from a disabled "
                 "scaler; save the state_dict of an enabled scaler after update()."
             )
-        missing = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
-        missing -= set(state_dict)
+        missing = [key for key in self._STATE_KEYS if key not in state_dict]
         if missing:
-            raise KeyError(f"scaler state_dict lacks {sorted(missing)}; pass scaler.state_dict()")
+            raise KeyError(f"scaler state_dict lacks {missing}; pass scaler.state_dict()")
         self._init_scale = float(state_dict["scale"])
         if self._scale is not None:
-            self._scale.fill_(state_dict["scale"])
-        self._growth_factor = float(state_dict["growth_factor"])
-        self._backoff_factor = float(state_dict["backoff_factor"])
-        self._growth_interval = int(state_dict["growth_interval"])
-        self._growth_tracker = int(state_dict["_growth_tracker"])
+            self._scale.fill_(self._init_scale)
+        self._growth_factor = float(state_dict.get("growth_factor", self._growth_factor))
+        self._backoff_factor = float(state_dict.get("backoff_factor", self._backoff_factor))
+        self._growth_interval = int(state_dict.get("growth_interval", self._growth_interval))
+        self._growth_tracker = int(state_dict.get("_growth_tracker", self._growth_tracker))
 
 
 class StaticLossScaler(DynamicLossScaler):
@@ -442,10 +420,13 @@ class StaticLossScaler(DynamicLossScaler):
 
     A step whose gradients hold inf/NaN is still skipped (the weights stay
     clean), but ``S`` never changes: a scale that is too large overflows, and
-    skips, on every step, and training stalls. ``update(new_scale)`` sets it.
+    skips, on every step, and training stalls. ``update(new_scale)`` sets it;
+    ``state_dict()`` holds only ``"scale"``.
 
     Taught in course/05_loss_scaling.ipynb.
     """
+
+    _STATE_KEYS = ("scale",)
 
     def __init__(self, scale: float, enabled: bool = True) -> None:
         if enabled:
@@ -454,18 +435,6 @@ class StaticLossScaler(DynamicLossScaler):
 
     def _update_scale(self, found_inf: bool) -> None:
         return None  # static: the scale stays where it was set
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.get_scale()} if self._enabled else {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not self._enabled:
-            return
-        if "scale" not in state_dict:
-            raise KeyError("scaler state_dict lacks 'scale'; pass scaler.state_dict()")
-        self._init_scale = float(state_dict["scale"])
-        if self._scale is not None:
-            self._scale.fill_(self._init_scale)
 
 
 def _check_scale(value: object, name: str) -> None:

@@ -517,8 +517,14 @@ def test_check_scale_trajectory() -> None:
     assert checks.check_scale_trajectory(tuple(int(s) for s in right)) is True
     wrong = list(right)
     wrong[5] = 16384.0  # forgot that the growth count restarts after the overflow at step 2
-    with pytest.raises(checks.CheckFailed, match="step 5"):
+    with pytest.raises(checks.CheckFailed, match="step 5") as err:
         checks.check_scale_trajectory(wrong)
+    assert "Steps 0..4 are right" in str(err.value)
+    with pytest.raises(checks.CheckFailed, match="step 0") as err:
+        checks.check_scale_trajectory([2.0**15] + right[1:])
+    assert "are right" not in str(err.value)  # nothing before step 0 to praise
+    with pytest.raises(checks.CheckFailed, match="exponents"):
+        checks.check_scale_trajectory([math.log2(s) for s in right])
     with pytest.raises(checks.CheckFailed, match="11 scales"):
         checks.check_scale_trajectory(right[:-1])
     with pytest.raises(checks.CheckFailed, match="list of numbers"):
@@ -531,10 +537,20 @@ def test_check_static_scale() -> None:
     from mpcourse import checks
 
     assert checks.check_static_scale(lambda m: 2.0 ** math.floor(math.log2(65504 / m))) is True
-    with pytest.raises(checks.CheckFailed, match="choose_static_scale"):
-        checks.check_static_scale(lambda m: 2.0 ** math.ceil(math.log2(65504 / m)))
-    with pytest.raises(checks.CheckFailed, match="choose_static_scale"):
-        checks.check_static_scale(lambda m: 65504 / m)  # not a power of two
+    assert checks.check_static_scale(
+        lambda m: torch.tensor(2.0) ** math.floor(math.log2(65504 / m))
+    )
+    typical = {
+        "overflows": lambda m: 2.0 ** math.ceil(math.log2(65504 / m)),  # rounded up
+        "not a power of two": lambda m: 65504 / m,
+        "too small": lambda m: 2.0 ** (math.floor(math.log2(65504 / m)) - 1),  # extra margin
+        # int() truncates towards 0: wrong for a gradient above 65504 (the scale must be < 1)
+        "overflows: 100000.0": lambda m: 2.0 ** int(math.log2(65504 / m)),
+        "positive number": lambda m: None,
+    }
+    for message, wrong in typical.items():
+        with pytest.raises(checks.CheckFailed, match=message):
+            checks.check_static_scale(wrong)
     for stub in (None, _stub):
         with pytest.raises(checks.NotAnswered):
             checks.check_static_scale(stub)
@@ -574,13 +590,23 @@ def test_check_bytes_per_parameter() -> None:
     weights = {"fp32": 8, "master": 12, "amp": 10}
     states = {"sgd": 0, "momentum": 4, "adam": 8}
     assert checks.check_bytes_per_parameter(lambda r, o: weights[r] + states[o]) is True
-    with pytest.raises(checks.CheckFailed, match="'master', 'adam'"):
-        # ZeRO's count: correct for a fused optimizer, but this chapter keeps FP32 master grads
-        checks.check_bytes_per_parameter(
-            lambda r, o: 16 if (r, o) == ("master", "adam") else weights[r] + states[o]
-        )
-    with pytest.raises(checks.CheckFailed, match="'amp'"):
-        checks.check_bytes_per_parameter(lambda r, o: {"amp": 8}.get(r, weights[r]) + states[o])
+    assert checks.check_bytes_per_parameter(lambda r, o: torch.tensor(weights[r] + states[o]))
+    typical = {
+        # ZeRO's count: right for a fused optimizer, but this chapter keeps FP32 master grads
+        "'master', 'adam'.*master gradients": lambda r, o: (
+            16 if (r, o) == ("master", "adam") else weights[r] + states[o]
+        ),
+        "'master', 'sgd'.*master gradients": lambda r, o: (
+            {"master": 8}.get(r, weights[r]) + states[o]
+        ),
+        "'amp', 'sgd'.*autocast": lambda r, o: {"amp": 8}.get(r, weights[r]) + states[o],
+        "'fp32', 'momentum'.*optimizer states are missing": lambda r, o: weights[r],
+        "'fp32', 'adam'.*two FP32 states": lambda r, o: weights[r] + min(states[o], 4),
+        "'fp32', 'sgd'.*number of bytes": lambda r, o: f"{weights[r] + states[o]} bytes",
+    }
+    for message, wrong in typical.items():
+        with pytest.raises(checks.CheckFailed, match=message):
+            checks.check_bytes_per_parameter(wrong)
     for stub in (None, _stub):
         with pytest.raises(checks.NotAnswered):
             checks.check_bytes_per_parameter(stub)
@@ -607,3 +633,42 @@ def test_resume_from_state_dict_continues_like_gradscaler() -> None:
         if resumed is not None:
             assert resumed.state_dict() == ref.state_dict()
     assert resumed.get_scale() == ref.get_scale() != 1024.0
+
+
+def test_accessors_match_gradscaler() -> None:
+    ours, ref = DynamicLossScaler(growth_interval=7), torch_scaler(growth_interval=7)
+    for scaler in (ours, ref):
+        scaler.set_growth_factor(3.0)
+        scaler.set_backoff_factor(0.25)
+        scaler.set_growth_interval(5)
+    for name in ("get_growth_factor", "get_backoff_factor", "get_growth_interval", "is_enabled"):
+        assert getattr(ours, name)() == getattr(ref, name)(), name
+    assert ours.state_dict() == ref.state_dict()
+
+
+def test_gradients_on_two_devices_are_refused() -> None:
+    """The contract is one device: a clear error, not a kernel failure deep inside torch."""
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2, device="meta"))
+    a.grad, b.grad = torch.ones(2), torch.ones(2, device="meta")
+    scaler = DynamicLossScaler()
+    scaler.scale(torch.ones(()))
+    with pytest.raises(ValueError, match="one device.*GradScaler"):
+        scaler.unscale_(torch.optim.SGD([a, b], lr=0.1))
+
+
+def test_fused_optimizer_without_grads_then_update_is_refused_like_gradscaler() -> None:
+    for scaler in (DynamicLossScaler(), torch_scaler()):
+        p = nn.Parameter(torch.ones(2))
+        opt = torch.optim.Adam([p], lr=0.1, fused=True)
+        scaler.scale(torch.ones(()))
+        scaler.step(opt)  # nothing to check: the fused kernel sees found_inf = 0
+        with pytest.raises(AssertionError, match="No inf checks"):
+            scaler.update()
+
+
+def test_static_state_dict_holds_only_the_scale() -> None:
+    static = StaticLossScaler(8.0)
+    with pytest.raises(KeyError, match="lacks \\['scale'\\]"):
+        static.load_state_dict({"growth_factor": 2.0})
+    static.load_state_dict(DynamicLossScaler(32.0).state_dict())  # a dynamic checkpoint's scale
+    assert static.state_dict() == {"scale": 32.0}
