@@ -4,10 +4,11 @@
   median time, per mode: ``fp32`` (TF32 off), ``tf32`` (CUDA only), ``fp16``,
   ``bf16``.
 * :func:`train_step`: one SGD step (forward, backward, update) of the seed's
-  ``SimpleModel`` or of the matmul-heavy :class:`WideMLP`, in ``fp32`` (TF32
-  off), ``amp_fp16`` (autocast + GradScaler) or ``amp_bf16`` (autocast):
-  median time, bytes of activations saved for backward (any device),
-  parameter + gradient bytes, and the peak of allocated memory (CUDA only).
+  ``SimpleModel`` or of the matmul-heavy :class:`mpcourse.costs.WideMLP`, in
+  ``fp32`` (TF32 off), ``amp_fp16`` (autocast + GradScaler) or ``amp_bf16``
+  (autocast): median time, bytes of activations saved for backward (any
+  device, :func:`mpcourse.costs.saved_activation_bytes`), parameter +
+  gradient bytes, and the peak of allocated memory (CUDA only).
 * ``python -m mpcourse bench``: both, printed as tables and written to
   ``results/bench-<device>.json`` with the machine, torch version and date.
 
@@ -35,25 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
+from .costs import MODELS, LiveTensorBytes, WideMLP, saved_activation_bytes
 from .device import cpu_features, cpu_name, pick_device, synchronize
 from .models import SimpleModel
 
 __all__ = [
     "MATMUL_MODES",
     "STEP_MODES",
-    "WideMLP",
     "MatmulResult",
     "StepResult",
     "tf32_enabled",
     "matmul_tflops",
-    "saved_activation_bytes",
-    "arithmetic_intensity",
-    "pad_to_multiple",
     "train_step",
-    "step_profile",
     "preset",
     "machine_info",
     "run_benchmark",
@@ -70,35 +65,6 @@ _DTYPE = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
-
-
-class WideMLP(nn.Module):
-    """A matmul-heavy residual MLP (the feed-forward half of a transformer).
-
-    ``h <- h + W_2 gelu(W_1 h)`` for ``depth`` blocks with $W_1$:
-    ``dim -> expansion*dim`` and $W_2$ back, then a linear head to
-    ``num_classes``. Almost all its FLOPs are large matmuls.
-
-    Taught in course/09_speed_and_memory.ipynb.
-    """
-
-    def __init__(self, dim: int = 512, depth: int = 2, expansion: int = 4, num_classes: int = 10):
-        super().__init__()
-        for name, v in (("dim", dim), ("depth", depth), ("expansion", expansion)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"WideMLP: {name} must be a positive int, got {v!r}")
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(dim, expansion * dim), nn.GELU(), nn.Linear(expansion * dim, dim)
-            )
-            for _ in range(depth)
-        )
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = x + block(x)
-        return self.head(x)
 
 
 @dataclass
@@ -119,6 +85,10 @@ class MatmulResult:
 class StepResult:
     """One training-step measurement (bytes are None where they cannot be measured).
 
+    ``peak_memory_bytes`` is CUDA's allocator peak (None elsewhere);
+    ``peak_tensor_bytes`` the peak of live tensor bytes counted by
+    :class:`mpcourse.costs.LiveTensorBytes` (any device).
+
     Taught in course/09_speed_and_memory.ipynb.
     """
 
@@ -129,6 +99,7 @@ class StepResult:
     saved_activation_bytes: int
     param_grad_bytes: int
     peak_memory_bytes: int | None
+    peak_tensor_bytes: int = 0
 
 
 @contextlib.contextmanager
@@ -191,68 +162,6 @@ def matmul_tflops(
     return MatmulResult(mode, n, t, 2 * n**3 / t / 1e12)
 
 
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return value
-
-
-def arithmetic_intensity(m: int, k: int, n: int, bytes_per_element: int) -> float:
-    """FLOPs per byte moved for an ``(m x k) @ (k x n)`` matmul.
-
-    $I = 2mkn / (b (mk + kn + mn))$: each input read once, the output written
-    once. A kernel is memory-bound when $I$ is below the machine's
-    FLOP/s-to-bandwidth ratio, and then lower precision helps only by moving
-    fewer bytes.
-
-    Taught in course/09_speed_and_memory.ipynb.
-    """
-    m, k, n = (_positive_int(v, name) for v, name in ((m, "m"), (k, "k"), (n, "n")))
-    b = _positive_int(bytes_per_element, "bytes_per_element")
-    return 2 * m * k * n / (b * (m * k + k * n + m * n))
-
-
-def pad_to_multiple(size: int, multiple: int = 8) -> int:
-    """The smallest multiple of ``multiple`` that is $\\geq$ ``size``: $\\lceil s/m \\rceil m$.
-
-    Tensor cores want matmul dimensions that are multiples of 8 (FP16/BF16)
-    or 16 (FP8), i.e. 16-byte aligned rows; e.g. a vocabulary of 50257 is
-    padded to 50304 (a multiple of 64).
-
-    Taught in course/09_speed_and_memory.ipynb.
-    """
-    size, multiple = _positive_int(size, "size"), _positive_int(multiple, "multiple")
-    return -(-size // multiple) * multiple
-
-
-def _param_storages(model: nn.Module) -> set[int]:
-    return {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-
-@contextlib.contextmanager
-def saved_activation_bytes(model: nn.Module) -> Iterator[dict[str, int]]:
-    """Count the bytes autograd saves for backward inside the block (``out["bytes"]``).
-
-    Each storage is counted once; the parameters themselves are excluded
-    (they exist anyway), but low-precision copies of them made by autocast
-    count, since they are extra memory.
-
-    Taught in course/09_speed_and_memory.ipynb.
-    """
-    params, seen, out = _param_storages(model), set(), {"bytes": 0}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen.add(ptr)
-            out["bytes"] += storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield out
-
-
 def _model_and_batch(name: str, batch: int, dim: int, depth: int, device: torch.device):
     gen = torch.Generator().manual_seed(0)
     if name == "simple":
@@ -277,11 +186,13 @@ def train_step(
     """Time one SGD step of ``"simple"`` (SimpleModel) or ``"mlp"`` (WideMLP) in ``mode``.
 
     ``fp32`` runs with TF32 off; ``amp_fp16`` is autocast(float16) with a
-    GradScaler; ``amp_bf16`` is autocast(bfloat16) without one.
+    GradScaler; ``amp_bf16`` is autocast(bfloat16) without one. After the
+    timed runs, one more step each counts the bytes saved for backward, the
+    CUDA allocator's peak (CUDA only) and the peak of live tensor bytes.
 
     Taught in course/09_speed_and_memory.ipynb.
     """
-    _check_choice(model_name, ("simple", "mlp"), "model")
+    _check_choice(model_name, MODELS, "model")
     _check_choice(mode, STEP_MODES, "training mode")
     device = torch.device(device)
     torch.manual_seed(0)
@@ -310,52 +221,11 @@ def train_step(
         if device.type == "cuda":
             synchronize(device)
             peak = int(torch.cuda.max_memory_allocated(device))
-    param_grad = sum(2 * p.numel() * p.element_size() for p in model.parameters())
-    return StepResult(model_name, mode, batch, seconds, saved["bytes"], param_grad, peak)
-
-
-class _OpCounter(TorchDispatchMode):
-    """Counts the aten operations dispatched (each one is at least one kernel launch on a GPU)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def step_profile(
-    model_name: str, batch: int = 64, dim: int = 512, depth: int = 2
-) -> dict[str, int]:
-    """FLOPs and operator count of one FP32 SGD step (forward, backward, update).
-
-    FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
-    convolutions, $2mkn$ each); ``ops`` counts every aten operation dispatched,
-    a lower bound on the kernels a GPU would launch for the step. The step runs
-    on the ``meta`` device (shapes only, no arithmetic), so any size is instant.
-
-    Taught in course/09_speed_and_memory.ipynb.
-    """
-    _check_choice(model_name, ("simple", "mlp"), "model")
-    _positive_int(batch, "batch")
-    with torch.device("meta"):
-        if model_name == "simple":
-            model: nn.Module = SimpleModel()
-            x = torch.empty(batch, 3, 32, 32)
-        else:
-            model = WideMLP(dim, depth)
-            x = torch.empty(batch, dim)
-        y = torch.zeros(batch, dtype=torch.long)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, foreach=False)
-    flops, ops = FlopCounterMode(display=False), _OpCounter()
-    with flops, ops:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    params = sum(p.numel() for p in model.parameters())
-    return {"flops": int(flops.get_total_flops()), "ops": ops.count, "params": params}
+        with LiveTensorBytes([*model.parameters(), x, y]) as live:
+            step()
+    param_grad = sum(2 * p.numel() * p.element_size() for p in model.parameters())
+    return StepResult(model_name, mode, batch, seconds, saved["bytes"], param_grad, peak, live.peak)
 
 
 def machine_info(device: torch.device | str) -> dict[str, Any]:
@@ -438,18 +308,20 @@ def format_tables(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"{'model':<7} {'mode':<9} {'batch':>6} {'ms/step':>9} {'speedup':>8} "
-        f"{'saved act MiB':>14} {'peak MiB':>9}",
+        f"{'saved act MiB':>14} {'tensors peak MiB':>17} {'CUDA peak MiB':>14}",
     ]
     base: dict[str, float] = {}
     for r in result["train_step"]:
         base.setdefault(r["model"], r["seconds"])
         peak = (
-            f"{r['peak_memory_bytes'] / 2**20:>9.1f}" if r["peak_memory_bytes"] else f"{'n/a':>9}"
+            f"{r['peak_memory_bytes'] / 2**20:>14.1f}" if r["peak_memory_bytes"] else f"{'n/a':>14}"
         )
+        tensors = r.get("peak_tensor_bytes")  # absent in files written before it was measured
+        tensors_text = f"{tensors / 2**20:>17.2f}" if tensors else f"{'n/a':>17}"
         lines.append(
             f"{r['model']:<7} {r['mode']:<9} {r['batch']:>6} {r['seconds'] * 1e3:>9.2f} "
             f"{base[r['model']] / r['seconds']:>7.2f}x "
-            f"{r['saved_activation_bytes'] / 2**20:>14.2f} {peak}"
+            f"{r['saved_activation_bytes'] / 2**20:>14.2f} {tensors_text} {peak}"
         )
     return "\n".join(lines)
 

@@ -130,6 +130,8 @@ def dequantize(q: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
     Taught in course/08_bf16_tf32_fp8.ipynb.
     """
+    if not isinstance(q, torch.Tensor):
+        raise TypeError(f"dequantize needs a tensor of FP8 codes, got {type(q).__name__}")
     return q / _check_scale(scale)
 
 
@@ -215,7 +217,9 @@ class FP8Linear(nn.Linear):
 
     Forward: $y = (q_x q_W^T)/(s_x s_W) + b$ with $q_x, q_W$ in E4M3; backward:
     $dx = (q_g q_W)/(s_g s_W)$, $dW = (q_g^T q_x)/(s_g s_x)$ with $q_g$ in
-    E5M2. Weights, bias and their gradients stay float32 (the master copy).
+    E5M2. Weights, bias and their gradients stay float32 (the master copy); the
+    bias is added after the matmul in FP32, so its gradient never passes
+    through FP8.
     ``scaling``: ``"none"`` (scale 1: the raw FP8 range), ``"current"``
     (scale from this tensor's own amax) or ``"delayed"`` (amax history).
 
@@ -300,6 +304,9 @@ def train_fp8_classifier(
             f"x_train must be (N, features) with one label each; got {tuple(x_train.shape)} "
             f"and {tuple(y_train.shape)} labels"
         )
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     mean_over = batch_size if mean_over is None else mean_over
     if isinstance(mean_over, bool) or not isinstance(mean_over, int) or mean_over < 1:
         raise ValueError(f"mean_over must be a positive int (a token count), got {mean_over!r}")

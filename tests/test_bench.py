@@ -1,6 +1,7 @@
 """mpcourse.bench on the CPU: small sizes, so the whole file takes seconds."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,22 +10,26 @@ from torch import nn
 from mpcourse.bench import (
     MATMUL_MODES,
     STEP_MODES,
-    WideMLP,
     _slug,
-    arithmetic_intensity,
     evaluate_goals,
     format_tables,
     machine_info,
     main,
     matmul_tflops,
-    pad_to_multiple,
     preset,
     run_benchmark,
-    saved_activation_bytes,
-    step_profile,
     tf32_enabled,
     train_step,
 )
+from mpcourse.costs import (
+    LiveTensorBytes,
+    WideMLP,
+    arithmetic_intensity,
+    pad_to_multiple,
+    saved_activation_bytes,
+    step_profile,
+)
+from mpcourse.models import SimpleModel
 
 
 def test_arithmetic_intensity():
@@ -74,6 +79,61 @@ def test_saved_activation_bytes_counts_activations_not_parameters():
     with saved_activation_bytes(lin) as saved, torch.autocast("cpu", dtype=torch.bfloat16):
         lin(x).sum().backward()
     assert saved["bytes"] == 4 * 8 * 2 + 16 * 8 * 2  # bf16 copies of the input and the weight
+    assert saved["by_dtype"] == {"bfloat16": saved["bytes"]}
+
+
+def test_saved_bytes_per_dtype_show_what_autocast_cannot_shrink():
+    model, x = SimpleModel(), torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    runs = {}
+    for enabled in (False, True):
+        with saved_activation_bytes(model) as saved:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+        runs[enabled] = saved
+        assert sum(saved["by_dtype"].values()) == saved["bytes"]
+    # max-pooling's argmax indices (and the labels) are int64 either way
+    assert runs[False]["by_dtype"]["int64"] == runs[True]["by_dtype"]["int64"] > 0
+    assert "bfloat16" in runs[True]["by_dtype"] and "bfloat16" not in runs[False]["by_dtype"]
+    with pytest.raises(TypeError, match="nn.Module"):
+        with saved_activation_bytes("model"):
+            pass
+
+
+def test_live_tensor_bytes_follows_allocations_and_frees():
+    x = torch.ones(1000)  # 4000 bytes, exists before the block
+    with LiveTensorBytes([x]) as live:
+        y = x * 2
+        z = y * 3  # x, y, z alive: 12000
+        v = z.view(10, 100)  # a view: no new storage
+        del y
+        w = z + 1  # y was freed first: x, z, w alive, 12000 again
+    assert (live.start, live.peak, live.now) == (4000, 12000, 12000)
+    assert v.shape == (10, 100) and w.shape == (1000,)
+    with pytest.raises(TypeError, match="tracks tensors"):
+        LiveTensorBytes([1.0])
+
+
+def test_live_tensor_bytes_of_a_training_step():
+    model, x = WideMLP(dim=32, depth=2), torch.randn(256, 32)
+    y = torch.randint(0, 10, (256,))
+    peaks = {}
+    for enabled in (False, True):
+        model.zero_grad(set_to_none=True)
+        with (
+            LiveTensorBytes([*model.parameters(), x, y]) as live,
+            saved_activation_bytes(model) as saved,
+        ):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+        peaks[enabled] = live.peak
+        params = sum(p.numel() * 4 for p in model.parameters())
+        assert live.start == params + x.numel() * 4 + y.numel() * 8
+        assert live.peak >= live.start + saved["bytes"]  # all saved tensors alive at once
+        assert live.now >= live.start + params  # the gradients stay
+    assert peaks[True] < peaks[False]
 
 
 def test_wide_mlp_shapes_and_validation():
@@ -97,6 +157,9 @@ def test_train_step_measures_time_and_activation_memory(model, batch, limit):
     assert 0.5 <= ratio < limit
     fp16, bf16 = results["amp_fp16"], results["amp_bf16"]
     assert abs(fp16.saved_activation_bytes - bf16.saved_activation_bytes) <= 8  # + the scale
+    fp32 = results["fp32"]
+    assert fp32.peak_tensor_bytes >= fp32.param_grad_bytes + fp32.saved_activation_bytes
+    assert bf16.peak_tensor_bytes < fp32.peak_tensor_bytes
 
 
 def test_run_benchmark_tables_and_json(tmp_path):
@@ -107,6 +170,7 @@ def test_run_benchmark_tables_and_json(tmp_path):
     assert len(result["train_step"]) == len(STEP_MODES)
     table = format_tables(result)
     assert "TFLOP/s" in table and "amp_bf16" in table and "1.00x" in table
+    assert "tensors peak MiB" in table and all(r["peak_tensor_bytes"] for r in result["train_step"])
     json.dumps(result)  # serialisable
 
 
@@ -172,6 +236,9 @@ def test_evaluate_goals():
         (lambda: matmul_tflops(64, "int8"), "unknown matmul mode"),
         (lambda: matmul_tflops(0, "fp32"), "positive int"),
         (lambda: train_step("resnet", "fp32"), "unknown model"),
+        (lambda: step_profile("resnet"), "unknown model"),
+        (lambda: step_profile("mlp", batch=0), "batch must be a positive int"),
+        (lambda: WideMLP(dim=0), "dim must be a positive int"),
         (lambda: train_step("mlp", "fp8"), "unknown training mode"),
         (lambda: arithmetic_intensity(0, 1, 1, 2), "m must be a positive int"),
         (lambda: pad_to_multiple(10, 0), "multiple must be a positive int"),
@@ -201,8 +268,14 @@ def test_check_arithmetic_intensity():
     assert checks.check_arithmetic_intensity(right) is True
     with pytest.raises(CheckFailed, match="FLOP count"):
         checks.check_arithmetic_intensity(lambda m, k, n, b: 2 * m * k * n)
-    with pytest.raises(CheckFailed, match="expected"):  # forgot the output bytes
-        checks.check_arithmetic_intensity(lambda m, k, n, b: 2 * m * k * n / (b * (m * k + k * n)))
+    for wrong, words in (
+        (lambda m, k, n, b: 2 * m * k * n / (b * (m * k + k * n)), "count the output"),
+        (lambda m, k, n, b: m * k * n / (b * (m * k + k * n + m * n)), "2 FLOPs"),
+        (lambda m, k, n, b: 2 * m * k * n / (m * k + k * n + m * n), "bytes_per_element"),
+        (lambda m, k, n, b: 2 * m * k * n / (b * (m * k + k * n + m * n)) + 1, "expected"),
+    ):
+        with pytest.raises(CheckFailed, match=words):
+            checks.check_arithmetic_intensity(wrong)
     for stub in (None, _stub):
         with pytest.raises(NotAnswered):
             checks.check_arithmetic_intensity(stub)
@@ -214,6 +287,10 @@ def test_check_pad_to_multiple():
         checks.check_pad_to_multiple(lambda s, m: s // m * m)
     with pytest.raises(CheckFailed, match="round up"):
         checks.check_pad_to_multiple(lambda s, m: (s // m + 1) * m)
+    with pytest.raises(CheckFailed, match="int"):
+        checks.check_pad_to_multiple(lambda s, m: float(-(-s // m) * m))
+    with pytest.raises(CheckFailed, match="int"):
+        checks.check_pad_to_multiple(lambda s, m: math.ceil(s / m) * m * 1.0)
     for stub in (None, _stub):
         with pytest.raises(NotAnswered):
             checks.check_pad_to_multiple(stub)
@@ -241,3 +318,25 @@ def test_module_entry_point_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "TFLOP/s" in result.stdout and (tmp_path / "bench-cpu.json").exists()
+
+
+def _right_saved(b, i, o, autocast):
+    return 2 * b * i + 2 * i * o if autocast else 4 * b * i
+
+
+def test_check_linear_saved_bytes():
+    assert checks.check_linear_saved_bytes(_right_saved) is True
+    for wrong, words in (
+        (lambda b, i, o, a: 2 * b * i if a else 4 * b * i, "copy of the weight"),
+        (lambda b, i, o, a: 4 * b * i + 2 * i * o if a else 4 * b * i, "2 bytes per element"),
+        (lambda b, i, o, a: _right_saved(b, i, o, a) + (0 if a else 4 * i * o), "exists anyway"),
+        (lambda b, i, o, a: (2 if a else 4) * b * o, "not its output"),
+        (lambda b, i, o, a: 2 * b * i + 2 * i * o, "stays FP32"),
+        (lambda b, i, o, a: _right_saved(b, i, o, a) + 1, "measured"),
+        (lambda b, i, o, a: "many", "number of bytes"),
+    ):
+        with pytest.raises(CheckFailed, match=words):
+            checks.check_linear_saved_bytes(wrong)
+    for stub in (None, _stub):
+        with pytest.raises(NotAnswered):
+            checks.check_linear_saved_bytes(stub)

@@ -182,6 +182,7 @@ def test_plain_mean_loss_trains_even_unscaled(data):
         (lambda: quantize(torch.ones(2), FP16), ValueError),
         (lambda: quantize(torch.ones(2), FP8_E4M3, scale=0.0), ValueError),
         (lambda: quantize(torch.ones(2), FP8_E4M3, scale=math.inf), ValueError),
+        (lambda: dequantize([1.0], 2.0), TypeError),
         (lambda: quantize(torch.ones(2, dtype=torch.int64), FP8_E4M3), TypeError),
         (lambda: amax(torch.ones(2, dtype=torch.int32)), TypeError),
         (lambda: amax(torch.ones(0)), ValueError),
@@ -218,6 +219,16 @@ def test_plain_mean_loss_trains_even_unscaled(data):
             ),
             ValueError,
         ),
+        (
+            lambda: train_fp8_classifier(
+                torch.ones(4, 2),
+                torch.zeros(4, dtype=torch.long),
+                torch.ones(1, 2),
+                torch.zeros(1, dtype=torch.long),
+                steps=0,
+            ),
+            ValueError,
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_error(call, error):
@@ -246,7 +257,9 @@ def test_check_bf16_smallest_update():
     for wrong, words in (
         (2.0**-8, "halfway"),
         (2.0**-23, "FP32"),
-        (0.01, "expected"),
+        (2.0**-10, "FP16"),
+        (0.0078, "power of two"),
+        (2.0**-6, "expected"),
         ("x", "number"),
     ):
         with pytest.raises(CheckFailed, match=words):
@@ -261,8 +274,16 @@ def test_check_tf32_matmul():
         checks.check_tf32_matmul(lambda a, b: a @ b)
     with pytest.raises(CheckFailed, match="float32"):
         checks.check_tf32_matmul(lambda a, b: (round_to(a, TF32) @ round_to(b, TF32)).double())
-    with pytest.raises(CheckFailed, match="expected"):  # rounds to bf16 instead
-        checks.check_tf32_matmul(lambda a, b: a.bfloat16().float() @ b.bfloat16().float())
+    for wrong, words in (
+        (lambda a, b: a.bfloat16().float() @ b.bfloat16().float(), "BF16 inputs"),
+        (lambda a, b: a.half().float() @ b.half().float(), "FP16 inputs.*overflow"),
+        (lambda a, b: round_to(a @ b, TF32), "rounded output"),
+        (lambda a, b: round_to(a, TF32) @ b, "both inputs"),
+        (lambda a, b: a @ round_to(b, TF32), "both inputs"),
+        (lambda a, b: round_to(a, TF32) @ round_to(b, TF32) + 0.1, "differs .* by up to 0.1"),
+    ):
+        with pytest.raises(CheckFailed, match=words):
+            checks.check_tf32_matmul(wrong)
     with pytest.raises(CheckFailed, match="shape"):
         checks.check_tf32_matmul(lambda a, b: a)
     for stub in (None, _stub):
@@ -274,12 +295,49 @@ def test_check_fp8_scale():
     assert checks.check_fp8_scale(_right_scale) is True
     with pytest.raises(CheckFailed, match="inverted"):
         checks.check_fp8_scale(lambda x, f, m: 1 / _right_scale(x, f, m))
-    with pytest.raises(CheckFailed, match="margin"):
+    with pytest.raises(CheckFailed, match="margin is ignored"):
         checks.check_fp8_scale(lambda x, f, m: _right_scale(x, f, 0))
-    with pytest.raises(CheckFailed, match="raised ZeroDivisionError"):
+    with pytest.raises(CheckFailed, match="smaller"):
+        checks.check_fp8_scale(lambda x, f, m: _right_scale(x, f, 0) * 2**m)
+    with pytest.raises(CheckFailed, match="magnitude"):
+        checks.check_fp8_scale(lambda x, f, m: _right_scale(x.clamp(min=0), f, m))
+    with pytest.raises(CheckFailed, match="raised ZeroDivisionError.*return 1.0"):
         checks.check_fp8_scale(lambda x, f, m: f.max / float(x.abs().max()) / 2**m)
+    with pytest.raises(CheckFailed, match="all-zero"):
+        checks.check_fp8_scale(lambda x, f, m: _right_scale(x, f, m) if x.any() else 0.0)
     with pytest.raises(CheckFailed, match="number"):
         checks.check_fp8_scale(lambda x, f, m: "big")
     for stub in (None, _stub):
         with pytest.raises(NotAnswered):
             checks.check_fp8_scale(stub)
+
+
+def _right_delayed(amaxes, fmt, history_len, margin):
+    scales, history = [], []
+    for a in amaxes:
+        scales.append(fmt.max / (max(history[-history_len:]) * 2**margin) if history else 1.0)
+        history.append(a)
+    return scales
+
+
+def test_check_delayed_scales():
+    from mpcourse.checks.fp8 import _delayed
+
+    assert checks.check_delayed_scales(_right_delayed) is True
+    for wrong, words in (
+        (lambda a, f, h, m: [f.max / (x * 2**m) for x in a], "current"),
+        (lambda a, f, h, m: _delayed(a, f, h, m, include_current=True), "after"),
+        (lambda a, f, h, m: _delayed(a, f, None, m), "last history_len"),
+        (lambda a, f, h, m: _delayed(a, f, h, m, pick=lambda w: w[-1]), "largest"),
+        (lambda a, f, h, m: _delayed(a, f, h, m, margin_power=1), "divides"),
+        (lambda a, f, h, m: _delayed(a, f, h, m, margin_power=0), "margin is ignored"),
+        (lambda a, f, h, m: [448.0] + _right_delayed(a, f, h, m)[1:], "step 0"),
+        (lambda a, f, h, m: _right_delayed(a, f, h, m)[1:], "one scale per step"),
+        (lambda a, f, h, m: [1.01 * s for s in _right_delayed(a, f, h, m)], "expected"),
+        (lambda a, f, h, m: "scales", "list of numbers"),
+    ):
+        with pytest.raises(CheckFailed, match=words):
+            checks.check_delayed_scales(wrong)
+    for stub in (None, _stub):
+        with pytest.raises(NotAnswered):
+            checks.check_delayed_scales(stub)

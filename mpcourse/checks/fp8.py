@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from ..formats import BF16, FP8_E4M3, FP8_E5M2, TF32, FloatFormat, round_to
-from ..fp8 import compute_scale
-from ._core import call_answer, check_function, expect_equal, fail, passed, require_answer
+from ..formats import BF16, FP8_E4M3, FP8_E5M2, FP16, TF32, FloatFormat, round_to
+from ..fp8 import DelayedScaling, compute_scale
+from ._core import (
+    CheckFailed,
+    NotAnswered,
+    call_answer,
+    expect_equal,
+    fail,
+    passed,
+    require_answer,
+)
 
 
 def check_bf16_smallest_update(answer: float) -> bool:
@@ -24,6 +33,10 @@ def check_bf16_smallest_update(answer: float) -> bool:
         )
     if answer == 2.0**-24 or answer == 2.0**-23:
         fail(f"{answer:g} is FP32's precision; BF16 keeps only 7 mantissa bits.")
+    if answer == 2.0**-10 or answer == 2.0**-11:
+        fail(f"{answer:g} is FP16's precision (10 mantissa bits); BF16 keeps only 7.")
+    if 0 < answer < 1 and not math.log2(answer).is_integer():
+        fail(f"{answer!r} is not a power of two: write it as 2.0**-k.")
     expected = BF16.eps
     expect_equal(
         float(answer),
@@ -42,45 +55,75 @@ def _tf32_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return round_to(a, TF32) @ round_to(b, TF32)
 
 
+_TF32_MISTAKES = {  # what a typical wrong answer computes -> what to say about it
+    "the plain FP32 product": (
+        lambda a, b: a @ b,
+        "round a and b to TF32 first (mpcourse.formats.round_to(x, TF32)).",
+    ),
+    "BF16 inputs": (
+        lambda a, b: round_to(a, BF16) @ round_to(b, BF16),
+        "TF32 keeps 10 mantissa bits, BF16 only 7: round with round_to(x, TF32).",
+    ),
+    "FP16 inputs": (
+        lambda a, b: round_to(a, FP16) @ round_to(b, FP16),
+        "FP16 has TF32's 10 mantissa bits but only 5 exponent bits, so large inputs "
+        "overflow to inf; TF32 keeps FP32's 8 exponent bits: round with round_to(x, TF32).",
+    ),
+    "a rounded output": (
+        lambda a, b: round_to(a @ b, TF32),
+        "TF32 rounds the *inputs* of the matmul; the products are summed and returned "
+        "in FP32, without rounding the result.",
+    ),
+    "only a rounded": (
+        lambda a, b: round_to(a, TF32) @ b,
+        "round both inputs, a and b.",
+    ),
+    "only b rounded": (
+        lambda a, b: a @ round_to(b, TF32),
+        "round both inputs, a and b.",
+    ),
+}
+
+
 def check_tf32_matmul(tf32_matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
     """Check a simulated TF32 matmul: inputs rounded to TF32, products summed in FP32."""
     require_answer(tf32_matmul, "`tf32_matmul`")
     gen = torch.Generator().manual_seed(8)
     cases = [
-        (torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen))
-        for m, k, n in ((4, 16, 3), (32, 64, 8), (1, 256, 1))
+        (torch.randn(m, k, generator=gen) * s, torch.randn(k, n, generator=gen))
+        for (m, k, n), s in (((4, 16, 3), 1.0), ((32, 64, 8), 1.0), ((1, 256, 1), 1.0))
     ]
+    cases.append((cases[0][0] * 1e5, cases[0][1]))  # beyond FP16's range, fine for TF32
     for a, b in cases:
+        shapes = f"shapes {tuple(a.shape)} and {tuple(b.shape)}"
         got = call_answer(tf32_matmul, a, b, what="tf32_matmul")
         if not isinstance(got, torch.Tensor) or got.shape != (a.shape[0], b.shape[1]):
             fail(
-                f"tf32_matmul(a, b) for shapes {tuple(a.shape)} and {tuple(b.shape)} should "
-                f"return a tensor of shape {(a.shape[0], b.shape[1])}, got {got!r:.80}."
+                f"tf32_matmul(a, b) for {shapes} should return a tensor of shape "
+                f"{(a.shape[0], b.shape[1])}, got {got!r:.80}."
             )
         if got.dtype != torch.float32:
             fail(
                 f"tf32_matmul should return float32 (TF32 is only an input format), "
                 f"got {got.dtype}."
             )
-        if torch.allclose(got, a @ b, rtol=1e-6, atol=1e-6) and not torch.equal(
-            _tf32_reference(a, b), a @ b
-        ):
-            fail(
-                "tf32_matmul returns the plain FP32 product: round a and b to TF32 first "
-                "(mpcourse.formats.round_to(x, TF32))."
-            )
-    n = check_function(
-        tf32_matmul,
-        _tf32_reference,
-        cases,
-        "tf32_matmul",
-        rtol=1e-5,
-        atol=1e-5,
-        hint="round both inputs with round_to(x, TF32), then multiply in float32.",
-    )
+        expected = _tf32_reference(a, b)
+        if torch.allclose(got, expected, rtol=1e-5, atol=1e-5):
+            continue
+        for name, (mistake, advice) in _TF32_MISTAKES.items():
+            wrong = mistake(a, b)
+            if not torch.allclose(wrong, expected, rtol=1e-5, atol=1e-5, equal_nan=True) and (
+                torch.allclose(got, wrong, rtol=1e-6, atol=1e-6, equal_nan=True)
+            ):
+                fail(f"tf32_matmul(a, b) for {shapes} returns {name}: {advice}")
+        diff = float((got.double() - expected.double()).abs().nan_to_num(float("inf")).max())
+        fail(
+            f"tf32_matmul(a, b) for {shapes} differs from the TF32 product by up to {diff:.3g}. "
+            "Hint: round both inputs with round_to(x, TF32), then multiply in float32."
+        )
     return passed(
         f"tf32_matmul rounds the inputs to 10 mantissa bits and accumulates in FP32 "
-        f"({n} shapes checked)."
+        f"({len(cases)} shapes checked, one beyond FP16's range)."
     )
 
 
@@ -102,26 +145,147 @@ def check_fp8_scale(per_tensor_scale: Callable[[torch.Tensor, FloatFormat, int],
         return compute_scale(float(x.abs().max()), fmt, margin, previous=1.0)
 
     for x, fmt, margin in cases:
-        got = call_answer(per_tensor_scale, x, fmt, margin, what="per_tensor_scale")
+        label = f"per_tensor_scale({x.tolist()}, {fmt.name}, margin={margin})"
+        try:
+            got = call_answer(per_tensor_scale, x, fmt, margin, what="per_tensor_scale")
+        except NotAnswered:
+            raise
+        except CheckFailed as err:
+            if not bool(x.any()):
+                fail(f"{err} An all-zero tensor has amax 0: return 1.0 instead of dividing by it.")
+            raise
         try:
             got = float(got)
         except (TypeError, ValueError):
             fail(f"per_tensor_scale should return a number, got {got!r:.80}.")
         expected = reference(x, fmt, margin)
+        a = float(x.abs().max())
         hint = (
             "use the largest magnitude, x.abs().max(), and the format's max (fmt.max); "
             "a margin of m divides the scale by 2**m; an all-zero tensor keeps scale 1.0."
         )
-        if got == 1 / expected:
+        if a > 0 and math.isclose(got, a / fmt.max * 2**margin, rel_tol=1e-6):
             hint = "the scale is inverted: it should map amax onto fmt.max, i.e. fmt.max / amax."
-        expect_equal(
-            got,
-            expected,
-            f"per_tensor_scale({x.tolist()}, {fmt.name}, margin={margin})",
-            rtol=1e-6,
-            hint=hint,
-        )
+        elif a > 0 and margin and math.isclose(got, fmt.max / a, rel_tol=1e-6):
+            hint = "the margin is ignored: divide the scale by 2**margin."
+        elif a > 0 and margin and math.isclose(got, fmt.max / a * 2**margin, rel_tol=1e-6):
+            hint = "the margin should make the scale smaller (headroom): divide by 2**margin."
+        elif (
+            a > 0
+            and float(x.max()) > 0
+            and math.isclose(got, fmt.max / float(x.max()) / 2**margin, rel_tol=1e-6)
+        ):
+            hint = "amax is the largest *magnitude*: use x.abs().max(), negative values count."
+        elif not bool(x.any()):
+            hint = "an all-zero tensor has nothing to scale: return 1.0."
+        expect_equal(got, expected, label, rtol=1e-6, hint=hint)
     return passed(
         "per_tensor_scale maps each tensor's amax onto the format's max (with margin), "
         "and keeps 1.0 for an all-zero tensor."
+    )
+
+
+def _delayed(
+    amaxes: list[float],
+    fmt: FloatFormat,
+    history_len: int | None,
+    margin: int,
+    *,
+    include_current: bool = False,
+    pick: Callable[[list[float]], float] = max,
+    margin_power: int = -1,
+) -> list[float]:
+    """Scales per step under variants of the recipe (the right one and typical mistakes)."""
+    history: list[float] = []
+    scales = []
+    for a in amaxes:
+        window = history + [a] if include_current else history
+        window = window if history_len is None else window[-history_len:]
+        scales.append(fmt.max / pick(window) * 2.0 ** (margin_power * margin) if window else 1.0)
+        history.append(a)
+    return scales
+
+
+def check_delayed_scales(
+    delayed_scales: Callable[[list[float], FloatFormat, int, int], list[float]],
+) -> bool:
+    """Check ``delayed_scales(amaxes, fmt, history_len, margin)`` against :class:`DelayedScaling`.
+
+    Step $t$ uses $s_t = \\mathrm{fmt.max} / (\\max(a_{t-H}, \\dots, a_{t-1}) \\cdot 2^m)$,
+    and 1.0 at step 0, before any amax was recorded.
+    """
+    require_answer(delayed_scales, "`delayed_scales`")
+    cases = [
+        ([1.0, 1.1, 0.9, 1.0, 8.0, 7.5, 1.0, 1.0, 1.0, 1.0, 1.0], FP8_E4M3, 4, 0),
+        ([2.0, 0.5, 0.25, 0.5, 0.5], FP8_E5M2, 2, 1),
+        ([0.25, 0.25, 0.25, 4.0, 0.25, 0.25], FP8_E4M3, 1, 0),
+        ([3.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0], FP8_E4M3, 3, 2),
+    ]
+    mistakes = (
+        (
+            {"include_current": True, "history_len": 1},
+            "that is *current* scaling (each step's own amax); delayed scaling uses only the "
+            "amaxes of earlier steps, and the current one joins the history after its step.",
+        ),
+        (
+            {"include_current": True},
+            "the current amax joins the history only *after* its step: step t uses steps "
+            "t-H ... t-1.",
+        ),
+        (
+            {"history_len": None},
+            "keep only the last history_len amaxes: an old spike must leave the window.",
+        ),
+        (
+            {"pick": lambda w: w[-1]},
+            "use the *largest* amax in the window (Transformer Engine's default 'max'), "
+            "not the most recent one.",
+        ),
+        ({"margin_power": 1}, "a margin of m *divides* the scale by 2**m (headroom)."),
+        ({"margin_power": 0}, "the margin is ignored: divide the scale by 2**margin."),
+    )
+    for amaxes, fmt, history_len, margin in cases:
+        label = f"delayed_scales({amaxes}, {fmt.name}, history_len={history_len}, margin={margin})"
+        got = call_answer(
+            delayed_scales, list(amaxes), fmt, history_len, margin, what="delayed_scales"
+        )
+        try:
+            got = [float(v) for v in got]
+        except (TypeError, ValueError):
+            fail(f"{label} should return a list of numbers (one scale per step), got {got!r:.80}.")
+        recipe = DelayedScaling(fmt, history_len, margin)
+        expected = []
+        for a in amaxes:  # the scale in use at each step, then the step's amax is recorded
+            expected.append(recipe.scale)
+            recipe.update(a)
+        if len(got) != len(expected):
+            fail(
+                f"{label} returned {len(got)} scales for {len(amaxes)} steps: return one scale "
+                "per step, starting with 1.0 for step 0 (no history yet)."
+            )
+        if all(math.isclose(g, e, rel_tol=1e-6) for g, e in zip(got, expected)):
+            continue
+        if got[0] != 1.0 and all(
+            math.isclose(g, e, rel_tol=1e-6) for g, e in zip(got[1:], expected[1:])
+        ):
+            fail(f"{label}: step 0 has no history yet, so its scale is 1.0; got {got[0]:g}.")
+        for kwargs, advice in mistakes:
+            options = {"history_len": history_len, **kwargs}
+            wrong = _delayed(amaxes, fmt, margin=margin, **options)
+            if wrong != expected and all(
+                math.isclose(g, w, rel_tol=1e-6) for g, w in zip(got, wrong)
+            ):
+                fail(f"{label}: {advice}")
+        step = next(i for i, (g, e) in enumerate(zip(got, expected)) if not math.isclose(g, e))
+        expect_equal(
+            got[step],
+            expected[step],
+            f"{label}, step {step}",
+            rtol=1e-6,
+            hint="step t uses fmt.max / (max of the amaxes of the last history_len steps "
+            "before t * 2**margin); step 0 uses 1.0.",
+        )
+    return passed(
+        f"delayed_scales reproduces mpcourse.fp8.DelayedScaling on {len(cases)} amax "
+        "sequences: a spike saturates its own step and lowers the scale for history_len steps."
     )
