@@ -124,6 +124,7 @@ PROBES: dict[str, tuple[tuple[tuple[int, ...], ...], Callable[..., torch.Tensor]
     "sum": (((4, 4),), torch.sum),
     "softmax": (((4, 4),), lambda x: torch.softmax(x, -1)),
     "layer_norm": (((4, 4),), lambda x: F.layer_norm(x, (4,))),
+    "batch_norm": (((4, 4),), lambda x: F.batch_norm(x, None, None, training=True)),
     "cdist": (((4, 4), (4, 4)), torch.cdist),
     "mse_loss": (((4, 4), (4, 4)), F.mse_loss),
     "cross_entropy": (((4, 4),), lambda x: F.cross_entropy(x, _target(x))),

@@ -31,8 +31,8 @@ def test_cpu_policy_matches_torch_lists(dtype):
     for op in ("mse_loss", "cross_entropy", "binary_cross_entropy", "cdist"):
         assert rows[op].category == "fp32"
     assert rows["cat"].category == rows["stack"].category == "promote"
-    for op in ("relu", "max_pool2d", "add", "exp", "softmax"):
-        assert rows[op].category == "unlisted"
+    for op in ("relu", "max_pool2d", "add", "exp", "softmax", "layer_norm", "batch_norm"):
+        assert rows[op].category == "unlisted", op
 
 
 def test_cuda_policy_probed_with_real_kernels():
@@ -44,6 +44,7 @@ def test_cuda_policy_probed_with_real_kernels():
     for op in ("exp", "sum", "softmax", "layer_norm", "mse_loss"):
         assert rows[op].category == "fp32", op
     assert rows["addcmul"].category == "promote"
+    assert rows["batch_norm"].category == "unlisted"  # on no CUDA list: runs in its input dtype
     table = format_policy({"CPU": autocast_policy("cpu", ops=["mm"]), "CUDA": [rows["mm"]]})
     assert "lower (bf16)" in table and "lower (f16)" in table
     assert "refused" in format_policy({"CUDA": [rows["binary_cross_entropy"]]})
@@ -66,6 +67,7 @@ def test_cuda_policy_agrees_with_installed_header():
     assert "_(softmax, int)" in block("AT_FORALL_FP32_SET_OPT_DTYPE")
     assert "_(addcmul)" in block("AT_FORALL_PROMOTE")
     assert "_(cat)" not in block("AT_FORALL_PROMOTE")
+    assert "batch_norm" not in text  # on no list: batch norm runs in its input dtype
 
 
 def test_fake_cuda_autocast_restores_state_and_traces_forward():
@@ -128,3 +130,13 @@ def test_compare_policies_shows_the_table_ops_on_three_columns():
         "(f16)",
     ]
     assert table.splitlines()[2].split() == ["softmax", "unlisted", "unlisted", "fp32"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_batch_norm_module_keeps_fp32_parameters_under_cpu_autocast(dtype):
+    conv, bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+    with torch.autocast("cpu", dtype=dtype):
+        h = conv(torch.randn(2, 3, 8, 8))
+        out = bn(h)
+    assert h.dtype == out.dtype == dtype  # runs in its (low-precision) input dtype
+    assert bn.weight.dtype == bn.running_mean.dtype == bn.running_var.dtype == torch.float32
