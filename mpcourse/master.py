@@ -24,7 +24,6 @@ Taught in course/04_master_weights.ipynb.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -229,13 +228,7 @@ def train_master(
             attempted, lost = purefp16.lost_updates(before, mw.master_params)
         else:
             attempted = lost = 0
-        value = float(loss.detach())
-        hist.loss.append(value)
-        hist.accuracy.append(float((out.argmax(1) == y).float().mean()))
-        hist.attempted.append(attempted)
-        hist.lost.append(lost)
-        if not math.isfinite(value) and hist.nonfinite_step is None:
-            hist.nonfinite_step = step
+        hist.record(step, loss, out, y, attempted, lost)
     if eval_data is not None:
         hist.eval_loss, hist.eval_accuracy = purefp16.evaluate(mw.model, eval_data)
     return hist

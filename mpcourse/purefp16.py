@@ -78,6 +78,25 @@ class History:
         total = sum(self.attempted)
         return sum(self.lost) / total if total else 0.0
 
+    def record(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        attempted: int,
+        lost: int,
+    ) -> bool:
+        """Append one step's measurements; return False if its loss is inf/NaN."""
+        value = float(loss.detach())
+        self.loss.append(value)
+        self.accuracy.append(float((logits.argmax(1) == labels).float().mean()))
+        self.attempted.append(attempted)
+        self.lost.append(lost)
+        if not math.isfinite(value) and self.nonfinite_step is None:
+            self.nonfinite_step = step
+        return math.isfinite(value)
+
     def mean_loss(self, last: int = 20) -> float:
         """Mean training loss over the last ``last`` steps (smooths batch noise)."""
         tail = self.loss[-last:]
@@ -210,15 +229,8 @@ def train(
         before = [p.detach().clone() for p in params]
         opt.step()
         attempted, lost = lost_updates(before, params)
-        value = float(loss.detach())
-        hist.loss.append(value)
-        hist.accuracy.append(float((out.argmax(1) == y).float().mean()))
-        hist.attempted.append(attempted)
-        hist.lost.append(lost)
-        if not math.isfinite(value) and hist.nonfinite_step is None:
-            hist.nonfinite_step = step
-            if stop_on_nonfinite:
-                break
+        if not hist.record(step, loss, out, y, attempted, lost) and stop_on_nonfinite:
+            break
     if eval_data is not None:
         hist.eval_loss, hist.eval_accuracy = evaluate(net, eval_data)
     return hist
