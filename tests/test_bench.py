@@ -265,7 +265,7 @@ def _stub(*args):
 
 def test_check_arithmetic_intensity():
     right = lambda m, k, n, b: 2 * m * k * n / (b * (m * k + k * n + m * n))
-    assert checks.check_arithmetic_intensity(right) is True
+    assert checks.check_arithmetic_intensity(right)
     with pytest.raises(CheckFailed, match="FLOP count"):
         checks.check_arithmetic_intensity(lambda m, k, n, b: 2 * m * k * n)
     for wrong, words in (
@@ -282,7 +282,7 @@ def test_check_arithmetic_intensity():
 
 
 def test_check_pad_to_multiple():
-    assert checks.check_pad_to_multiple(lambda s, m: -(-s // m) * m) is True
+    assert checks.check_pad_to_multiple(lambda s, m: -(-s // m) * m)
     with pytest.raises(CheckFailed, match="round up"):
         checks.check_pad_to_multiple(lambda s, m: s // m * m)
     with pytest.raises(CheckFailed, match="round up"):
@@ -325,7 +325,7 @@ def _right_saved(b, i, o, autocast):
 
 
 def test_check_linear_saved_bytes():
-    assert checks.check_linear_saved_bytes(_right_saved) is True
+    assert checks.check_linear_saved_bytes(_right_saved)
     for wrong, words in (
         (lambda b, i, o, a: 2 * b * i if a else 4 * b * i, "copy of the weight"),
         (lambda b, i, o, a: 4 * b * i + 2 * i * o if a else 4 * b * i, "2 bytes per element"),

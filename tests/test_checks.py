@@ -148,3 +148,10 @@ def test_setup_checks():
     assert checks.check_amp_choice({"cpu": [torch.bfloat16, False], "cuda": [torch.float16, True]})
     with pytest.raises(checks.NotAnswered):
         checks.check_nbytes(stub)
+
+
+def test_a_passed_check_is_true_and_displays_nothing(capsys):
+    result = checks.check_fp16_max(65504.0)
+    assert result and result == True  # noqa: E712 - callers may compare with True
+    assert "Correct:" in capsys.readouterr().out
+    assert result._ipython_display_() is None and "Passed(" in repr(result)

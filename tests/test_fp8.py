@@ -253,7 +253,7 @@ def _right_scale(x, fmt, margin):
 
 
 def test_check_bf16_smallest_update():
-    assert checks.check_bf16_smallest_update(2.0**-7) is True
+    assert checks.check_bf16_smallest_update(2.0**-7)
     for wrong, words in (
         (2.0**-8, "halfway"),
         (2.0**-23, "FP32"),
@@ -269,7 +269,7 @@ def test_check_bf16_smallest_update():
 
 
 def test_check_tf32_matmul():
-    assert checks.check_tf32_matmul(lambda a, b: round_to(a, TF32) @ round_to(b, TF32)) is True
+    assert checks.check_tf32_matmul(lambda a, b: round_to(a, TF32) @ round_to(b, TF32))
     with pytest.raises(CheckFailed, match="plain FP32"):
         checks.check_tf32_matmul(lambda a, b: a @ b)
     with pytest.raises(CheckFailed, match="float32"):
@@ -292,7 +292,7 @@ def test_check_tf32_matmul():
 
 
 def test_check_fp8_scale():
-    assert checks.check_fp8_scale(_right_scale) is True
+    assert checks.check_fp8_scale(_right_scale)
     with pytest.raises(CheckFailed, match="inverted"):
         checks.check_fp8_scale(lambda x, f, m: 1 / _right_scale(x, f, m))
     with pytest.raises(CheckFailed, match="margin is ignored"):
@@ -323,7 +323,7 @@ def _right_delayed(amaxes, fmt, history_len, margin):
 def test_check_delayed_scales():
     from mpcourse.checks.fp8 import _delayed
 
-    assert checks.check_delayed_scales(_right_delayed) is True
+    assert checks.check_delayed_scales(_right_delayed)
     for wrong, words in (
         (lambda a, f, h, m: [f.max / (x * 2**m) for x in a], "current"),
         (lambda a, f, h, m: _delayed(a, f, h, m, include_current=True), "after"),

@@ -484,7 +484,7 @@ def test_check_update_scale() -> None:
             return scale * backoff, tracker
         return right(scale, tracker, found_inf, growth, backoff, interval)
 
-    assert checks.check_update_scale(right) is True
+    assert checks.check_update_scale(right)
     with pytest.raises(checks.CheckFailed, match="inf in FP32"):
         checks.check_update_scale(no_fp32_cap)
     with pytest.raises(checks.CheckFailed, match="restarts at 0"):
@@ -513,8 +513,8 @@ def test_check_scale_trajectory() -> None:
         ref.step(opt)
         ref.update()
         assert ref.get_scale() == expected
-    assert checks.check_scale_trajectory(right) is True
-    assert checks.check_scale_trajectory(tuple(int(s) for s in right)) is True
+    assert checks.check_scale_trajectory(right)
+    assert checks.check_scale_trajectory(tuple(int(s) for s in right))
     wrong = list(right)
     wrong[5] = 16384.0  # forgot that the growth count restarts after the overflow at step 2
     with pytest.raises(checks.CheckFailed, match="step 5") as err:
@@ -536,7 +536,7 @@ def test_check_scale_trajectory() -> None:
 def test_check_static_scale() -> None:
     from mpcourse import checks
 
-    assert checks.check_static_scale(lambda m: 2.0 ** math.floor(math.log2(65504 / m))) is True
+    assert checks.check_static_scale(lambda m: 2.0 ** math.floor(math.log2(65504 / m)))
     assert checks.check_static_scale(
         lambda m: torch.tensor(2.0) ** math.floor(math.log2(65504 / m))
     )
@@ -571,7 +571,7 @@ def test_check_master_step() -> None:
         new = (master.half() - lr * grad16).float()
         return new, new.half()
 
-    assert checks.check_master_step(right) is True
+    assert checks.check_master_step(right)
     for wrong in (update_in_fp16, fp16_master):
         with pytest.raises(checks.CheckFailed, match="copy the gradient up first"):
             checks.check_master_step(wrong)
@@ -589,7 +589,7 @@ def test_check_bytes_per_parameter() -> None:
 
     weights = {"fp32": 8, "master": 12, "amp": 10}
     states = {"sgd": 0, "momentum": 4, "adam": 8}
-    assert checks.check_bytes_per_parameter(lambda r, o: weights[r] + states[o]) is True
+    assert checks.check_bytes_per_parameter(lambda r, o: weights[r] + states[o])
     assert checks.check_bytes_per_parameter(lambda r, o: torch.tensor(weights[r] + states[o]))
     typical = {
         # ZeRO's count: right for a fused optimizer, but this chapter keeps FP32 master grads

@@ -1,6 +1,6 @@
 """The machinery behind every exercise check: plain-word feedback.
 
-A check prints ``Correct: ...`` and returns ``True`` when the answer is right.
+A check prints ``Correct: ...`` and returns a true value when the answer is right.
 When it is wrong it raises :class:`CheckFailed`, whose message says what is
 wrong, on which input, what was expected and what was given, so that a wrong
 answer can never pass silently (not even under ``pytest --nbval-lax``).
@@ -36,10 +36,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def passed(message: str) -> bool:
+class Passed(int):
+    """What a check returns on success: true (``== True``), and shown as nothing in a
+    notebook (the check already printed ``Correct: ...``), so no stray ``Out: True``."""
+
+    def __new__(cls, message: str) -> Passed:
+        obj = super().__new__(cls, 1)
+        obj.message = message
+        return obj
+
+    def __repr__(self) -> str:
+        return f"Passed({self.message!r})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def passed(message: str) -> Passed:
     """Report success the same way in every check."""
     print(f"Correct: {message}")
-    return True
+    return Passed(message)
 
 
 def fail(message: str) -> None:
