@@ -176,6 +176,17 @@ def test_plain_mean_loss_trains_even_unscaled(data):
     assert none.accuracy > 0.9 and 0.1 < none.grad_underflow < 1.0
 
 
+def _tiny_fp8_run(n_labels: int = 4, **kwargs):
+    """train_fp8_classifier on 4 toy samples; ``kwargs`` carry the bad argument under test."""
+    return train_fp8_classifier(
+        torch.ones(4, 2),
+        torch.zeros(n_labels, dtype=torch.long),
+        torch.ones(1, 2),
+        torch.zeros(1, dtype=torch.long),
+        **kwargs,
+    )
+
+
 @pytest.mark.parametrize(
     "call, error",
     [
@@ -190,45 +201,10 @@ def test_plain_mean_loss_trains_even_unscaled(data):
         (lambda: DelayedScaling(FP8_E4M3, history_len=0), ValueError),
         (lambda: DelayedScaling(FP8_E4M3, algo="mean"), ValueError),
         (lambda: FP8Linear(2, 2, scaling="per-channel"), ValueError),
-        (
-            lambda: train_fp8_classifier(
-                torch.ones(4, 2),
-                torch.zeros(4, dtype=torch.long),
-                torch.ones(1, 2),
-                torch.zeros(1, dtype=torch.long),
-                scaling="int8",
-            ),
-            ValueError,
-        ),
-        (
-            lambda: train_fp8_classifier(
-                torch.ones(4, 2),
-                torch.zeros(3, dtype=torch.long),
-                torch.ones(1, 2),
-                torch.zeros(1, dtype=torch.long),
-            ),
-            ValueError,
-        ),
-        (
-            lambda: train_fp8_classifier(
-                torch.ones(4, 2),
-                torch.zeros(4, dtype=torch.long),
-                torch.ones(1, 2),
-                torch.zeros(1, dtype=torch.long),
-                mean_over=0,
-            ),
-            ValueError,
-        ),
-        (
-            lambda: train_fp8_classifier(
-                torch.ones(4, 2),
-                torch.zeros(4, dtype=torch.long),
-                torch.ones(1, 2),
-                torch.zeros(1, dtype=torch.long),
-                steps=0,
-            ),
-            ValueError,
-        ),
+        (lambda: _tiny_fp8_run(scaling="int8"), ValueError),
+        (lambda: _tiny_fp8_run(n_labels=3), ValueError),
+        (lambda: _tiny_fp8_run(mean_over=0), ValueError),
+        (lambda: _tiny_fp8_run(steps=0), ValueError),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_error(call, error):

@@ -63,6 +63,16 @@ _SURVIVE_CASES = [
 ]
 
 
+def _closest_mistake(
+    got: float, expected: float, guesses: dict[str, float], tol: float, fallback: str
+) -> str:
+    """The advice whose typical wrong answer ``got`` matches (within ``tol``), else ``fallback``."""
+    for advice, value in guesses.items():
+        if abs(got - value) <= tol and abs(got - expected) > tol:
+            return advice
+    return fallback
+
+
 def check_update_survives(survives: Callable[[float, float], bool]) -> bool:
     """``survives(w, u)`` must say whether ``w + u`` differs from ``w`` in FP16.
 
@@ -189,12 +199,13 @@ def _lost_fraction_diagnosis(w: torch.Tensor, g: torch.Tensor, lr: float, got: f
         )
         / int(tried.sum()),
     }
-    for advice, value in guesses.items():
-        if abs(got - value) <= 2e-3 and abs(got - expected) > 2e-3:
-            return advice
-    return (
+    return _closest_mistake(
+        got,
+        expected,
+        guesses,
+        2e-3,
         "count only weights with g != 0, and compare the FP16 weight after w - lr * g "
-        "(rounded to FP16) with the weight before."
+        "(rounded to FP16) with the weight before.",
     )
 
 
@@ -241,12 +252,13 @@ def _flushed_diagnosis(x: torch.Tensor, got: float) -> str:
         "a cast (x.half() == 0) needs none.": int((nonzero & (x <= 2.0**-25)).sum()) / n_nz,
     }
     expected = flushed_share(x)
-    for advice, value in guesses.items():
-        if abs(got - value) <= 1e-6 and abs(got - expected) > 1e-6:
-            return advice
-    return (
+    return _closest_mistake(
+        got,
+        expected,
+        guesses,
+        1e-6,
         "divide by the number of *nonzero* inputs; a value is flushed when x != 0 "
-        "but x.half() == 0 (|x| <= 2^-25)."
+        "but x.half() == 0 (|x| <= 2^-25).",
     )
 
 
