@@ -7,7 +7,9 @@
 A ``.py`` argument is a jupytext "percent" draft; it is converted and written to
 ``course/<same name>.ipynb``. Execution uses a fresh kernel of this Python, in
 ``course/``, with the same environment as the nbval run (progress bars off), so
-the saved outputs are the ones ``pytest`` reproduces.
+the saved outputs are the ones ``pytest`` reproduces. The notebook's metadata
+records the environment that made them (``mpcourse.repro``): ``pytest``
+compares them exactly there, and in nbval's lax mode elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from mpcourse.repro import record_key
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "course"
@@ -65,6 +69,7 @@ def build(path: Path, timeout: int = 600) -> Path:
         errors = [o for o in cell.outputs if o.output_type == "error"]
         if errors and "raises-exception" not in cell.metadata.get("tags", []):
             bad.append((i, errors[0].ename, errors[0].evalue))
+    record_key(nb)  # which torch/CPU made these outputs: strict nbval only there
     nbformat.validate(nb)
     nbformat.write(nb, target)
     took = time.perf_counter() - start

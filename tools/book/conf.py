@@ -1,0 +1,47 @@
+"""Sphinx configuration of the course's static book (committed outputs, no execution).
+
+Build it, offline, from the repository root:
+
+    python -m sphinx -W -b html -c tools/book . build/book
+
+The sources are the README (the book's front page, with the chapter table),
+CONTRIBUTING.md and every notebook in course/, rendered by myst-nb with the
+outputs they were committed with: nothing is re-executed, nothing is fetched.
+Open build/book/index.html.
+"""
+
+import shutil
+from pathlib import Path
+
+project = "mpcourse: mixed precision training, from the bits up"
+author = "mpcourse developers"
+extensions = ["myst_nb"]
+root_doc = "README"
+include_patterns = ["README.md", "CONTRIBUTING.md", "course/[0-9][0-9]_*.ipynb"]
+exclude_patterns = ["build", ".venv", "**/.ipynb_checkpoints"]
+nb_execution_mode = "off"  # the committed outputs are the book's outputs
+nb_merge_streams = True
+myst_heading_anchors = 3
+suppress_warnings = ["mystnb.unknown_mime_type"]  # widget views: shown live in JupyterLab
+html_theme = "sphinx_book_theme"
+html_title = "mpcourse"
+html_theme_options = {"show_toc_level": 2}
+
+
+def _add_toctree(app, docname: str, source: list[str]) -> None:
+    """The README is the front page: give it a hidden table of contents (chapters in
+    order, then CONTRIBUTING), so that GitHub still shows the README unchanged."""
+    if docname == "README":
+        source[0] += "\n\n```{toctree}\n:hidden:\n:glob:\n\ncourse/*\nCONTRIBUTING\n```\n"
+
+
+def _index_page(app, exception) -> None:
+    """Serve the front page as index.html too (README.html is Sphinx's name for it)."""
+    out = Path(app.outdir)
+    if exception is None and app.builder.format == "html" and (out / "README.html").exists():
+        shutil.copy(out / "README.html", out / "index.html")
+
+
+def setup(app):
+    app.connect("source-read", _add_toctree)
+    app.connect("build-finished", _index_page)
