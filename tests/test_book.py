@@ -47,10 +47,8 @@ def test_every_chapter_is_a_page_with_its_plots(book: Path):
             if cell.cell_type == "code"
             for out in cell.get("outputs", [])
         )
-        shown = [
-            src for src in re.findall(r'<img[^>]+src="([^"]+)"', html) if "_images/" in src
-        ]
-        assert len(shown) == plots, f"{path.name}: {plots} plots committed, {len(shown)} in the book"
+        shown = [src for src in re.findall(r'<img[^>]+src="([^"]+)"', html) if "_images/" in src]
+        assert len(shown) == plots, f"{path.name}: {plots} plots, {len(shown)} in the book"
         for src in shown:
             assert (page.parent / src).resolve().exists(), f"{path.name}: missing image {src}"
 
