@@ -9,8 +9,11 @@
   (autocast): median time, bytes of activations saved for backward (any
   device, :func:`mpcourse.costs.saved_activation_bytes`), parameter +
   gradient bytes, and the peak of allocated memory (CUDA only).
-* ``python -m mpcourse bench``: both, printed as tables and written to
-  ``results/bench-<device>.json`` with the machine, torch version and date.
+* ``python -m mpcourse bench``: both, printed as tables (each naming the
+  command and sizes that produced it) and written to
+  ``results/bench-<device>.json`` with the machine, torch version and date;
+  ``--quick`` (a smoke test) writes ``results/bench-<device>-quick.json``, so it
+  never replaces full results.
 
 Timing uses ``torch.utils.benchmark.Timer`` (warm-up, then repeated blocks,
 synchronising CUDA around each block), with all of this machine's threads.
@@ -79,6 +82,7 @@ class MatmulResult:
     seconds: float | None
     tflops: float | None
     note: str = ""
+    quartiles_seconds: tuple[float, float] | None = None  # 25th/75th percentile of the blocks
 
 
 @dataclass
@@ -100,6 +104,7 @@ class StepResult:
     param_grad_bytes: int
     peak_memory_bytes: int | None
     peak_tensor_bytes: int = 0
+    quartiles_seconds: tuple[float, float] | None = None  # 25th/75th percentile of the blocks
 
 
 @contextlib.contextmanager
@@ -128,10 +133,20 @@ def tf32_enabled(enabled: bool) -> Iterator[None]:
 
 
 def _median_seconds(fn: Any, min_run_time: float, warmup: int = 2) -> float:
+    return _timing(fn, min_run_time, warmup)[0]
+
+
+def _timing(fn: Any, min_run_time: float, warmup: int = 2) -> tuple[float, tuple[float, float]]:
+    """Median and (25th, 75th) percentiles, in seconds per call, of the blocks that
+    ``Timer.blocked_autorange`` timed (their difference is the IQR it reports)."""
     for _ in range(warmup):
         fn()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    q1, q3 = torch.tensor(measurement.times, dtype=torch.float64).quantile(
+        torch.tensor([0.25, 0.75], dtype=torch.float64)
+    )
+    return float(measurement.median), (float(q1), float(q3))
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
@@ -158,8 +173,8 @@ def matmul_tflops(
     gen = torch.Generator().manual_seed(n)
     a, b = (torch.randn(n, n, generator=gen).to(device, _DTYPE[mode]) for _ in range(2))
     with tf32_enabled(mode == "tf32"):
-        t = _median_seconds(lambda: a @ b, min_run_time)
-    return MatmulResult(mode, n, t, 2 * n**3 / t / 1e12)
+        t, quartiles = _timing(lambda: a @ b, min_run_time)
+    return MatmulResult(mode, n, t, 2 * n**3 / t / 1e12, quartiles_seconds=quartiles)
 
 
 def _model_and_batch(name: str, batch: int, dim: int, depth: int, device: torch.device):
@@ -210,7 +225,7 @@ def train_step(
         scaler.update()
 
     with tf32_enabled(False):
-        seconds = _median_seconds(step, min_run_time)
+        seconds, quartiles = _timing(step, min_run_time)
         opt.zero_grad(set_to_none=True)
         peak = None
         if device.type == "cuda":
@@ -225,7 +240,9 @@ def train_step(
         with LiveTensorBytes([*model.parameters(), x, y]) as live:
             step()
     param_grad = sum(2 * p.numel() * p.element_size() for p in model.parameters())
-    return StepResult(model_name, mode, batch, seconds, saved["bytes"], param_grad, peak, live.peak)
+    return StepResult(
+        model_name, mode, batch, seconds, saved["bytes"], param_grad, peak, live.peak, quartiles
+    )
 
 
 def machine_info(device: torch.device | str) -> dict[str, Any]:
@@ -294,8 +311,14 @@ def format_tables(result: dict[str, Any]) -> str:
     Taught in course/09_speed_and_memory.ipynb.
     """
     m = result["machine"]
+    sizes = ", ".join(str(n) for n in sorted({r["n"] for r in result["matmul"]}))
+    shapes = "; ".join(
+        dict.fromkeys(f"{r['model']} batch {r['batch']}" for r in result["train_step"])
+    )
     lines = [
         f"{m['device_name']} | torch {m['torch']} | {m['date']}",
+        f"command: {result.get('command', '(not recorded)')}",
+        f"sizes: matmul n = {sizes} | train step: {shapes}",
         "",
         f"{'n':>6} " + " ".join(f"{mode:>10}" for mode in MATMUL_MODES) + "   (TFLOP/s)",
     ]
@@ -420,9 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     result = run_benchmark(device, args.sizes or sizes, steps, args.min_time, fp16_max_n)
     result["command"] = " ".join(["python -m mpcourse bench", *argv])
     print(format_tables(result))
+    from .inference import format_inference, inference_benchmark  # imports torchao when used
+
+    result["inference"] = inference_benchmark(device, quick=args.quick)
+    print("\n" + format_inference(result["inference"]))
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"bench-{_slug(result['machine'])}.json"
+        # a smoke test never replaces the full results: it has a file of its own
+        suffix = "-quick" if args.quick else ""
+        path = args.out / f"bench-{_slug(result['machine'])}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {path}")
     return 0

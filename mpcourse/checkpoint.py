@@ -14,15 +14,20 @@ Taught in course/07_amp_training.ipynb.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .train import History
-
 __all__ = ["save_checkpoint", "load_checkpoint"]
+
+
+class History(Protocol):
+    """What a checkpoint needs of a run's history (``mpcourse.train.History`` is one): its
+    fields as plain values, restored by setting them back. A protocol, so this module does not
+    import :mod:`mpcourse.train` (which imports this one)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 def save_checkpoint(

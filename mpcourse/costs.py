@@ -38,6 +38,7 @@ __all__ = [
     "WideMLP",
     "LiveTensorBytes",
     "arithmetic_intensity",
+    "launches_kernel",
     "pad_to_multiple",
     "saved_activation_bytes",
     "step_profile",
@@ -190,15 +191,41 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
+def launches_kernel(func: torch._ops.OpOverload) -> bool:
+    """Whether an aten op does work on the device (launches at least one GPU kernel).
+
+    Not counted: views and aliases (``view``, ``t``, ``transpose``, ``detach``,
+    ``expand``...: their outputs share the input's memory, only metadata
+    changes), bare allocations (``empty*``: memory from the caching allocator,
+    no kernel) and ops outside the ``aten`` namespace (profiler markers).
+
+    Taught in course/09_speed_and_memory.ipynb.
+    """
+    if func.namespace != "aten" or func._schema.name.split("::")[-1] in _NO_KERNEL:
+        return False
+    aliased = [r.alias_info for r in func._schema.returns if r.alias_info is not None]
+    return not aliased or any(info.is_write for info in aliased)  # in-place ops do work
+
+
 class _OpCounter(TorchDispatchMode):
-    """Counts the aten operations dispatched (each one is at least one kernel launch on a GPU)."""
+    """Counts the aten operations dispatched, and those that launch a kernel."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.kernels = 0
+        self.skipped: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         self.count += 1
+        if launches_kernel(func):
+            self.kernels += 1
+        else:
+            name = str(func.overloadpacket)
+            self.skipped[name] = self.skipped.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
 
 
@@ -208,9 +235,11 @@ def step_profile(
     """FLOPs and operator count of one FP32 SGD step (forward, backward, update).
 
     FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
-    convolutions, $2mkn$ each); ``ops`` counts every aten operation dispatched,
-    a lower bound on the kernels a GPU would launch for the step. The step runs
-    on the ``meta`` device (shapes only, no arithmetic), so any size is instant.
+    convolutions, $2mkn$ each); ``ops`` counts the aten operations that launch
+    a kernel (:func:`launches_kernel`), a lower bound on the kernels a GPU would
+    launch for the step; ``dispatched`` counts every aten operation, views and
+    allocations included. The step runs on the ``meta`` device (shapes only, no
+    arithmetic), so any size is instant.
 
     Taught in course/09_speed_and_memory.ipynb.
     """
@@ -231,4 +260,9 @@ def step_profile(
         F.cross_entropy(model(x), y).backward()
         opt.step()
     params = sum(p.numel() for p in model.parameters())
-    return {"flops": int(flops.get_total_flops()), "ops": ops.count, "params": params}
+    return {
+        "flops": int(flops.get_total_flops()),
+        "ops": ops.kernels,
+        "dispatched": ops.count,
+        "params": params,
+    }

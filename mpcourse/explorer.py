@@ -84,57 +84,98 @@ def explain(
     return "\n".join(lines)
 
 
+FIELD_COLORS = {"sign": "#e76f51", "exponent": "#2a9d8f", "mantissa": "#457b9d"}
+OFF_COLOR = "#eeeeee"
+
+
+def _shown(value: float) -> str:
+    return repr(value) if math.isfinite(value) else str(value)  # "inf", "-inf", "nan"
+
+
+class BitExplorer:
+    """The widgets behind :func:`bit_explorer`, with their state, so tests can drive them.
+
+    One ``Button`` per bit (ipywidgets 8's ``ToggleButton`` has no ``button_color``
+    style: a colour set on it is silently ignored), coloured by field when the bit is 1
+    and grey when it is 0; a format menu; a text box holding the value the bits encode
+    (text, so that ``inf`` and ``nan`` can be shown and typed).
+    """
+
+    def __init__(self, fmt: FloatFormat = FP16, value: float = 1.0) -> None:
+        import ipywidgets as w
+
+        self._w = w
+        self.formats = {f.name: f for f in FORMATS}
+        self.fmt = fmt
+        self.bits = encode(value, fmt)
+        self.menu = w.Dropdown(options=list(self.formats), value=fmt.name, description="format")
+        self.typed = w.Text(
+            value="", description="value", continuous_update=False, layout=w.Layout(width="260px")
+        )
+        self.row = w.HBox()
+        self.out = w.HTML()
+        self.buttons: list = []
+        self._syncing = False
+        self.menu.observe(lambda change: self.set_format(change["new"]), names="value")
+        self.typed.observe(lambda change: self.set_value(change["new"]), names="value")
+        self.render()
+        self.widget = w.VBox([w.HBox([self.menu, self.typed]), self.row, self.out])
+
+    def field_of(self, i: int) -> str:
+        """``"sign"``, ``"exponent"`` or ``"mantissa"`` for bit ``i`` (0 = leftmost)."""
+        return "sign" if i == 0 else "exponent" if i <= self.fmt.exponent_bits else "mantissa"
+
+    @property
+    def value(self) -> float:
+        return decode(self.bits, self.fmt)
+
+    def render(self) -> None:
+        f = self.fmt
+        self.buttons = []
+        for i in range(f.bits):
+            bit = (self.bits >> (f.bits - 1 - i)) & 1
+            b = self._w.Button(
+                description=str(bit),
+                tooltip=f"{self.field_of(i)} bit",
+                layout=self._w.Layout(width="30px", padding="0"),
+            )
+            b.style.button_color = FIELD_COLORS[self.field_of(i)] if bit else OFF_COLOR
+            b.on_click(lambda _button, i=i: self.flip(i))
+            self.buttons.append(b)
+        self.row.children = self.buttons
+        self._syncing = True  # show the encoded value without re-encoding it
+        self.typed.value = _shown(self.value)
+        self._syncing = False
+        self.out.value = f"<pre>{explain(bits=self.bits, fmt=f)}</pre>"
+
+    def flip(self, i: int) -> None:
+        self.bits ^= 1 << (self.fmt.bits - 1 - i)
+        self.render()
+
+    def set_format(self, name: str) -> None:
+        """Keep the value, show its encoding (rounded, as a cast would) in the new format."""
+        old, self.fmt = self.fmt, self.formats[name]
+        self.bits = encode(decode(self.bits, old), self.fmt)
+        if self.menu.value != name:
+            self.menu.value = name
+        self.render()
+
+    def set_value(self, text: str) -> None:
+        if self._syncing:
+            return
+        try:
+            number = float(text)
+        except ValueError:
+            self.out.value = f"<pre>not a number: {text!r} (try 0.1, 1e-5, inf, nan)</pre>"
+            return
+        self.bits = encode(number, self.fmt)
+        self.render()
+
+
 def bit_explorer(fmt: FloatFormat = FP16, value: float = 1.0):
-    """An ipywidgets panel: one toggle per bit, a format menu, a box to type a value.
+    """An ipywidgets panel: one button per bit, a format menu, a box to type a value.
 
     Returns the widget (display it as a cell's last expression). Needs a live
     Jupyter kernel; :func:`explain` is the static fallback.
     """
-    import ipywidgets as w
-
-    state = {"fmt": fmt, "bits": encode(value, fmt)}
-    formats = {f.name: f for f in FORMATS}
-    menu = w.Dropdown(options=list(formats), value=fmt.name, description="format")
-    typed = w.FloatText(value=value, description="value", layout=w.Layout(width="220px"))
-    row = w.HBox()
-    out = w.HTML()
-
-    def render() -> None:
-        f, bits = state["fmt"], state["bits"]
-        colors = ["#e76f51"] + ["#2a9d8f"] * f.exponent_bits + ["#457b9d"] * f.mantissa_bits
-        buttons = []
-        for i in range(f.bits):
-            bit = (bits >> (f.bits - 1 - i)) & 1
-            b = w.ToggleButton(
-                value=bool(bit), description=str(bit), layout=w.Layout(width="30px", padding="0")
-            )
-            b.style.button_color = colors[i] if bit else "#eeeeee"
-            b.observe(lambda change, i=i: flip(i), names="value")
-            buttons.append(b)
-        row.children = buttons
-        out.value = f"<pre>{explain(bits=bits, fmt=f)}</pre>"
-
-    def flip(i: int) -> None:
-        f = state["fmt"]
-        state["bits"] ^= 1 << (f.bits - 1 - i)
-        value = decode(state["bits"], f)
-        state["syncing"] = True  # show the new value without re-encoding it
-        typed.value = value if math.isfinite(value) else typed.value
-        state["syncing"] = False
-        render()
-
-    def on_format(change) -> None:  # keep the value, show its encoding in the new format
-        state["fmt"] = formats[change["new"]]
-        state["bits"] = encode(decode(state["bits"], formats[change["old"]]), state["fmt"])
-        render()
-
-    def on_value(change) -> None:
-        if state.get("syncing"):
-            return
-        state["bits"] = encode(float(change["new"]), state["fmt"])
-        render()
-
-    menu.observe(on_format, names="value")
-    typed.observe(on_value, names="value")
-    render()
-    return w.VBox([w.HBox([menu, typed]), row, out])
+    return BitExplorer(fmt, value).widget

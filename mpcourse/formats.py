@@ -1,4 +1,4 @@
-"""Binary floating-point formats from their bits: FP32, TF32, FP16, BF16, FP8.
+"""Binary floating-point formats from their bits: FP32, TF32, FP16, BF16, FP8, FP6, FP4.
 
 A format with ``E`` exponent bits and ``M`` mantissa (fraction) bits stores
 a sign ``s``, a biased exponent ``e`` and a fraction ``f`` and means
@@ -8,13 +8,18 @@ a sign ``s``, a biased exponent ``e`` and a fraction ``f`` and means
 * ``e == all ones``: infinities (``f == 0``) and NaN, in IEEE-like formats.
 
 "fn" formats (FP8 E4M3) have no infinities: the all-ones exponent holds
-normal numbers too, and only the all-ones pattern means NaN.
+normal numbers too, and only the all-ones pattern means NaN. The OCP MX
+element formats FP6 (E2M3, E3M2) and FP4 (E2M1) have neither infinities nor
+NaN (``nan=False``): every pattern is a number and overflow saturates to
+$\\pm$max.
 
 :func:`round_to` rounds float values to the nearest representable value
 (ties to even), which is what torch's casts to FP16, BF16 and FP8 do; it is
 tested bit for bit against them. (TF32 is different in hardware: the PTX
 conversion rounds ties away from zero and tensor cores fed FP32 directly
 truncate; ``round_to(x, TF32)`` models the round-to-nearest-even choice.)
+:func:`round_stochastic` rounds to one of the two neighbours at random,
+unbiased on average (taught in course/14_microscaling.ipynb).
 
 Taught in course/01_float_formats.ipynb.
 """
@@ -35,8 +40,14 @@ __all__ = [
     "BF16",
     "FP8_E4M3",
     "FP8_E5M2",
+    "FP6_E2M3",
+    "FP6_E3M2",
+    "FP4_E2M1",
     "FORMATS",
+    "MX_ELEMENT_FORMATS",
     "round_to",
+    "round_stochastic",
+    "neighbours",
     "fields",
     "bit_string",
     "decode",
@@ -51,8 +62,10 @@ class FloatFormat:
     """A binary floating-point format: 1 sign bit, ``exponent_bits``, ``mantissa_bits``.
 
     ``finite=True`` makes an "fn" format (no infinities; only the all-ones
-    pattern is NaN), like FP8 E4M3. ``bias`` defaults to $2^{E-1} - 1$.
-    ``torch_dtype`` names the torch dtype with the same layout, if any.
+    pattern is NaN), like FP8 E4M3; ``finite=True, nan=False`` makes a format
+    without NaN either (FP6, FP4): every pattern is a number. ``bias``
+    defaults to $2^{E-1} - 1$. ``torch_dtype`` names the torch dtype with the
+    same layout, if any.
     """
 
     exponent_bits: int
@@ -61,6 +74,7 @@ class FloatFormat:
     finite: bool = False
     bias_override: int | None = None
     torch_dtype: torch.dtype | None = None
+    nan: bool = True
 
     def __post_init__(self) -> None:
         e, m = self.exponent_bits, self.mantissa_bits
@@ -71,7 +85,9 @@ class FloatFormat:
             )
         if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= 52:
             raise ValueError(f"mantissa_bits must be an integer from 0 to 52 (got {m!r})")
-        if self.finite and m == 0:
+        if not self.nan and not self.finite:
+            raise ValueError("a format without NaN (nan=False) must also be finite=True (no inf)")
+        if self.finite and self.nan and m == 0:
             raise ValueError("an fn format (finite=True) needs mantissa_bits >= 1 to encode NaN")
         if not self.name:
             object.__setattr__(self, "name", f"E{e}M{m}{'fn' if self.finite else ''}")
@@ -107,7 +123,7 @@ class FloatFormat:
     def max(self) -> float:
         """Largest finite value: $(2 - 2^{-M}) \\cdot 2^{emax}$ (one ulp less in fn formats)."""
         m = self.mantissa_bits
-        top_fraction = (2**m - 2) if self.finite else (2**m - 1)
+        top_fraction = (2**m - 2) if self.finite and self.nan else (2**m - 1)
         return math.ldexp(1 + top_fraction / 2**m, self.emax)
 
     @property
@@ -148,6 +164,10 @@ BF16 = FloatFormat(8, 7, "BF16", torch_dtype=torch.bfloat16)
 FP8_E4M3 = FloatFormat(4, 3, "FP8_E4M3", finite=True, torch_dtype=torch.float8_e4m3fn)
 FP8_E5M2 = FloatFormat(5, 2, "FP8_E5M2", torch_dtype=torch.float8_e5m2)
 FORMATS = (FP32, TF32, FP16, BF16, FP8_E4M3, FP8_E5M2)
+FP6_E2M3 = FloatFormat(2, 3, "FP6_E2M3", finite=True, nan=False)
+FP6_E3M2 = FloatFormat(3, 2, "FP6_E3M2", finite=True, nan=False)
+FP4_E2M1 = FloatFormat(2, 1, "FP4_E2M1", finite=True, nan=False)
+MX_ELEMENT_FORMATS = (FP8_E4M3, FP8_E5M2, FP6_E2M3, FP6_E3M2, FP4_E2M1)
 
 
 def _check_format(fmt: object) -> FloatFormat:
@@ -197,6 +217,11 @@ def round_to(x: torch.Tensor | float, fmt: FloatFormat, saturate: bool = False) 
     A float32 (or float16/bfloat16) tensor gives a float32 tensor; a float64
     tensor or Python number is rounded once, directly, and gives float64.
 
+    Formats without NaN (FP6, FP4: ``nan=False``) always saturate: overflow and
+    $\\pm\\infty$ become $\\pm$max, as ml_dtypes' casts do; a NaN input stays
+    NaN in the float32 result (the format has no NaN code: ml_dtypes turns it
+    into 0, which would hide it).
+
     The algorithm: with $e = \\max(\\lfloor\\log_2|x|\\rfloor, e_{min})$ the
     spacing of representable values around ``x`` is $q = 2^{e-M}$, so the
     answer is $\\mathrm{round\\_half\\_even}(|x| / q) \\cdot q$.
@@ -211,7 +236,7 @@ def round_to(x: torch.Tensor | float, fmt: FloatFormat, saturate: bool = False) 
     r = torch.round(safe / q) * q  # torch.round rounds half to even
     r = torch.where(mag > 0, r, torch.zeros_like(r))
     over = r > fmt.max
-    if saturate:
+    if saturate or not fmt.nan:
         r = torch.where(over | torch.isinf(a64), torch.full_like(r, fmt.max), r)
     else:
         overflow_value = math.nan if fmt.finite else math.inf
@@ -240,6 +265,69 @@ def spacing(x: torch.Tensor | float, fmt: FloatFormat) -> torch.Tensor:
     return torch.where(torch.isfinite(mag), u, torch.full_like(u, math.nan))
 
 
+def _neighbours64(a64: torch.Tensor, fmt: FloatFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    mag = a64.abs()
+    ok = torch.isfinite(a64) & (mag <= fmt.max)
+    safe = torch.where(ok & (mag > 0), mag, torch.ones_like(mag))
+    q = torch.exp2(torch.clamp(_exponent(safe), min=fmt.emin) - fmt.mantissa_bits)
+    low = torch.floor(torch.where(ok, mag, 0.0) / q) * q
+    high = torch.where(low == mag, low, low + q)
+    low, high = torch.where(ok, low, math.nan), torch.where(ok, high, math.nan)
+    return torch.copysign(low, a64), torch.copysign(high, a64)
+
+
+def neighbours(x: torch.Tensor | float, fmt: FloatFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two values of ``fmt`` around each ``x``: ``(toward_zero, away_from_zero)``.
+
+    With the spacing $q = 2^{\\max(\\lfloor\\log_2|x|\\rfloor, e_{min}) - M}$ they are
+    $\\lfloor |x|/q \\rfloor q$ and that plus $q$, with the sign of ``x``; both equal
+    ``x`` when it is representable. Defined for finite $|x| \\le$ ``fmt.max``
+    (other values give NaN); same dtypes as :func:`round_to`.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    fmt = _check_format(fmt)
+    a64, out_dtype = _as_float_tensor(x)
+    low, high = _neighbours64(a64, fmt)
+    return low.to(out_dtype), high.to(out_dtype)
+
+
+def round_stochastic(
+    x: torch.Tensor | float,
+    fmt: FloatFormat,
+    *,
+    generator: torch.Generator | None = None,
+    saturate: bool = False,
+) -> torch.Tensor:
+    """Round each value to one of its two :func:`neighbours` in ``fmt``, at random.
+
+    With $lo \\le |x| \\le hi$ the neighbours (in magnitude) and
+    $p = (|x| - lo) / (hi - lo)$, the result is $hi$ with probability $p$ and
+    $lo$ otherwise, so $E[\\mathrm{round}(x)] = x$: unbiased, unlike round to
+    nearest, which loses every update smaller than half a spacing.
+    Representable values are unchanged; values beyond ``fmt.max``, inf and NaN
+    are rounded as :func:`round_to` rounds them (``saturate`` as there).
+    ``generator`` (a ``torch.Generator`` on ``x``'s device) makes the draws
+    reproducible.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    fmt = _check_format(fmt)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    a64, out_dtype = _as_float_tensor(x)
+    low, high = _neighbours64(a64, fmt)
+    gap = high - low
+    p = torch.where(gap != 0, (a64 - low) / torch.where(gap != 0, gap, 1.0), 0.0)
+    u = torch.rand(a64.shape, generator=generator, dtype=torch.float64, device=a64.device)
+    r = torch.where(u < p, high, low)
+    if bool(torch.isnan(r).any()):  # beyond max, inf or NaN: as round_to
+        r = torch.where(torch.isnan(r), round_to(a64, fmt, saturate=saturate), r)
+    return r.to(out_dtype)
+
+
 def fields(
     x: torch.Tensor | float, fmt: FloatFormat
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -251,6 +339,8 @@ def fields(
     """
     fmt = _check_format(fmt)
     r = round_to(x, fmt).double()
+    if not fmt.nan and bool(torch.isnan(r).any()):
+        raise ValueError(f"{fmt.name} has no NaN encoding: the input holds NaN")
     m_bits = fmt.mantissa_bits
     sign = torch.signbit(r).to(torch.int64)
     mag = r.abs()
@@ -305,7 +395,7 @@ def decode(bits: int | str, fmt: FloatFormat) -> float:
     exp_field = (bits >> m_bits) & (2**fmt.exponent_bits - 1)
     frac = bits & (2**m_bits - 1)
     all_ones = 2**fmt.exponent_bits - 1
-    if exp_field == all_ones:
+    if exp_field == all_ones and fmt.nan:
         if fmt.finite:
             if frac == 2**m_bits - 1:
                 return math.nan

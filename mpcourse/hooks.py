@@ -1,4 +1,4 @@
-"""Gradient statistics: which gradients fit in FP16, and which are flushed to zero.
+"""Gradient statistics: which gradients fit in FP16, and which underflow to zero.
 
 :func:`capture_gradients` runs one forward and backward pass and records
 
@@ -9,7 +9,11 @@
 
 :func:`gradient_stats` sorts the values against a format's window (zero,
 below the smallest subnormal, below the smallest normal, above the max) and
-measures the share of *nonzero* values that a cast to FP16 turns into 0.
+measures the share of *nonzero* values that a cast to FP16 turns into 0
+(they *underflow to zero* by rounding; the names ``flushed_share`` and
+``flushed_to_zero`` are kept for compatibility, but this is not the hardware
+flush-to-zero mode, FTZ/DAZ). :func:`window_shares` splits the nonzero values
+into four shares that add up to 1 (to zero, subnormal, normal, overflow).
 :func:`plot_gradient_histogram` draws the histogram of ``log2 |g|`` with the
 FP16 and BF16 windows on it: the shape of Figure 3 of Micikevicius et al.
 (2018), "Mixed Precision Training".
@@ -36,6 +40,7 @@ __all__ = [
     "gradient_stats",
     "flushed_share",
     "stats_table",
+    "window_shares",
     "plot_gradient_histogram",
 ]
 
@@ -173,26 +178,59 @@ def gradient_stats(values: torch.Tensor, fmt: FloatFormat = FP16) -> dict[str, f
     }
 
 
-def stats_table(capture: GradientCapture, kind: str = "activation", fmt: FloatFormat = FP16) -> str:
-    """A text table of :func:`gradient_stats` per layer and for all layers together.
+def window_shares(values: torch.Tensor, fmt: FloatFormat = FP16) -> dict[str, float]:
+    """Where the *nonzero* values land when stored in ``fmt``; the four shares add up to 1.
 
-    Columns are percentages (2 decimals), so the table prints the same on every run.
+    ``to_zero`` (the cast gives 0: $|g| \\le$ half the smallest subnormal, $2^{-25}$ in
+    FP16, it *underflows to zero*), ``subnormal`` (stored with fewer significant bits,
+    below ``fmt.min_normal``), ``normal`` and ``overflow`` (the cast gives inf, or NaN in
+    formats without inf). Computed by an actual cast when ``fmt`` has a torch dtype, else
+    from the thresholds. Returns zeros when no value is nonzero.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"fmt must be a mpcourse.formats.FloatFormat (e.g. FP16), got {fmt!r}")
+    v = values.detach().flatten().float().abs()
+    v = v[v != 0]
+    n = v.numel()
+    if n == 0:
+        return dict.fromkeys(("to_zero", "subnormal", "normal", "overflow"), 0.0)
+    if fmt.torch_dtype is not None:
+        c = v.to(fmt.torch_dtype).float()
+        zero, over = c == 0, ~torch.isfinite(c)
+    else:
+        zero, over = v <= fmt.min_subnormal / 2, v > fmt.max
+    sub = ~zero & ~over & (v < fmt.min_normal)
+    counts = {"to_zero": zero, "subnormal": sub, "overflow": over}
+    shares = {k: int(m.sum()) / n for k, m in counts.items()}
+    shares["normal"] = (n - sum(int(m.sum()) for m in counts.values())) / n
+    return {k: shares[k] for k in ("to_zero", "subnormal", "normal", "overflow")}
+
+
+def stats_table(capture: GradientCapture, kind: str = "activation", fmt: FloatFormat = FP16) -> str:
+    """A text table per layer and for all layers together.
+
+    ``zero%`` is the share of *all* values that are exactly 0 (in FP32 already: ReLU and
+    max-pool zeros). The other four columns are shares of the *nonzero* values and add up
+    to 100 (:func:`window_shares`): ``to0%`` underflow to zero in ``fmt``, ``sub%`` are
+    stored as subnormals, ``normal%`` as normal numbers, ``inf%`` overflow. Percentages
+    with 2 decimals, so the table prints the same on every run.
 
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
     all_values = capture.all(kind)  # checks `kind`
     rows = {**getattr(capture, kind), "ALL": all_values}
     head = (
-        f"{'layer':<12}{'values':>9}{'zero%':>8}{'<sub%':>8}{'<norm%':>8}{'>max%':>7}"
-        f"{'flushed%':>10}"
+        f"{'layer':<12}{'values':>9}{'zero%':>8} |{'to0%':>7}{'sub%':>7}{'normal%':>9}{'inf%':>6}"
     )
     lines = [head, "-" * len(head)]
     for name, values in rows.items():
-        s = gradient_stats(values, fmt)
+        zero = float((values == 0).float().mean())
+        w = window_shares(values, fmt)
         lines.append(
-            f"{name:<12}{int(s['count']):>9}{100 * s['zero']:>8.2f}"
-            f"{100 * s['below_min_subnormal']:>8.2f}{100 * s['below_min_normal']:>8.2f}"
-            f"{100 * s['above_max']:>7.2f}{100 * s['flushed_to_zero']:>10.2f}"
+            f"{name:<12}{values.numel():>9}{100 * zero:>8.2f} |{100 * w['to_zero']:>7.2f}"
+            f"{100 * w['subnormal']:>7.2f}{100 * w['normal']:>9.2f}{100 * w['overflow']:>6.2f}"
         )
     return "\n".join(lines)
 
@@ -212,8 +250,9 @@ def plot_gradient_histogram(
     A format represents magnitudes from ``min_subnormal`` to ``max``; its window
     is drawn as a band from ``log2 min_subnormal`` (solid line) to ``log2 max``,
     and its normal range starts at the dashed line (``log2 min_normal``).
-    Nonzero values left of FP16's solid line (``|g| <= 2^-25``) become 0 in
-    FP16; their share is written next to it. The share of exact zeros is
+    Nonzero values at or left of FP16's dotted line, one binade below the solid one
+    (``|g| <= 2^-25``), become 0 in FP16 (between 2^-25 and 2^-24 they round up to
+    2^-24); their share is written next to it. The share of exact zeros is
     written in the legend (they have no logarithm). ``xlim`` (in ``log2``
     units) zooms in; by default the axis shows every window and every value.
 
@@ -255,8 +294,9 @@ def plot_gradient_histogram(
     ax.set_xlim(xlim if xlim is not None else (max(lo, -150), 20))
     ax.set_yscale("log")
     if FP16 in formats and nonzero.numel():
-        edge = math.log2(FP16.min_subnormal)
+        edge = math.log2(FP16.min_subnormal) - 1  # 2^-25: at or below it the cast gives 0
         share = flushed_share(nonzero, torch.float16)
+        ax.axvline(edge, color=colors["FP16"], ls=":", lw=1.2)
         ax.annotate(
             f"0 in FP16: {100 * share:.1f}%\nof nonzero values",
             xy=(edge, 0.96),

@@ -42,6 +42,7 @@ __all__ = [
     "ledger",
     "tensor_bytes",
     "measure_bytes_per_parameter",
+    "lost_update_sizes",
 ]
 
 Scaler = DynamicLossScaler | torch.amp.GradScaler
@@ -362,3 +363,42 @@ def measure_bytes_per_parameter(
     states = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     out["optimizer states fp32"] = tensor_bytes(states)
     return {k: v / n for k, v in out.items()}
+
+
+def lost_update_sizes(
+    model16: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    use_master: bool,
+    lr: float = 1e-3,
+) -> torch.Tensor:
+    """Relative sizes ``|lr * g| / |w|`` of the updates one SGD step failed to store.
+
+    One step of ``torch.optim.SGD(lr)`` on ``mean CE(f16(x), y)`` from a copy of the FP16
+    (or BF16) ``model16``: on its own weights (pure low precision) or, with
+    ``use_master``, on FP32 master weights (:class:`MasterWeights`). A weight counts as
+    lost when its gradient is nonzero but its stored value did not change. Pure FP16
+    loses updates up to about ``2^-11`` of the weight; master weights none above
+    ``2^-24``, FP32's own resolution.
+
+    Taught in course/04_master_weights.ipynb.
+    """
+    net = copy.deepcopy(model16)
+    dtype = next(net.parameters()).dtype
+    if use_master:
+        mw = MasterWeights(net.float(), lambda p: torch.optim.SGD(p, lr=lr), dtype=dtype)
+        model, params, zero_grad, step = mw.model, mw.master_params, mw.zero_grad, mw.step
+    else:
+        sgd = torch.optim.SGD(net.parameters(), lr=lr)
+        model, params, zero_grad, step = net, list(net.parameters()), sgd.zero_grad, sgd.step
+    device = next(model.parameters()).device
+    zero_grad()
+    F.cross_entropy(model(x.to(device, dtype)), y.to(device)).backward()
+    before = [p.detach().clone() for p in params]
+    step()
+    sizes = []
+    for p, b in zip(params, before, strict=True):
+        lost = (p.grad != 0) & (p == b)
+        sizes.append((lr * p.grad[lost].float()).abs() / b[lost].float().abs())
+    return torch.cat(sizes)

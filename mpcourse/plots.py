@@ -146,3 +146,46 @@ def plot_ranges(formats: Sequence[FloatFormat] = FORMATS, ax: Axes | None = None
     ax.set_title("Range of each format (powers of two)")
     ax.legend(loc="lower right", fontsize=8)
     return ax
+
+
+ACCUMULATION_STYLES = {
+    "fp16": "#e76f51",
+    "fp32 accumulate": "#264653",
+    "pairwise fp16": "#2a9d8f",
+    "kahan fp16": "#e9c46a",
+    "exact, rounded to fp16": "grey",
+}
+
+
+def accumulation_table(ns: Sequence[int], errors: dict[str, list[float]]) -> str:
+    """The relative errors of :func:`mpcourse.numerics.accumulation_errors` as a text table,
+    one row per ``n``, one column per method (2 significant digits).
+
+    Taught in course/02_fp16_limits.ipynb.
+    """
+    if any(len(v) != len(ns) for v in errors.values()):
+        raise ValueError("errors must hold one value per n for every method")
+    lines = [f"{'n':>7}" + "".join(f"{k:>24}" for k in errors)]
+    for i, n in enumerate(ns):
+        lines.append(f"{n:>7}" + "".join(f"{errors[k][i]:>24.2e}" for k in errors))
+    return "\n".join(lines)
+
+
+def plot_accumulation_errors(
+    ns: Sequence[int], errors: dict[str, list[float]], ax: Axes | None = None
+) -> Axes:
+    """Relative error against the number of terms, log-log, one line per summation method
+    (errors of exactly 0 are drawn at 1e-9).
+
+    Taught in course/02_fp16_limits.ipynb.
+    """
+    ax = _axes(ax, (9.5, 3.5))
+    for key, values in errors.items():
+        ls = ":" if key.startswith("exact") else "-"
+        color = ACCUMULATION_STYLES.get(key)
+        ax.loglog(ns, [max(e, 1e-9) for e in values], ls, color=color, marker="o", ms=3, label=key)
+    ax.set_xlabel("number of terms n")
+    ax.set_ylabel("relative error (0 drawn at 1e-9)")
+    ax.set_title("Summing n values of U(0,1) stored in FP16")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax

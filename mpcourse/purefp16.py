@@ -33,14 +33,16 @@ from .progress import progress
 __all__ = [
     "PRECISIONS",
     "History",
+    "cosine_lr",
     "make_optimizer",
     "batches",
     "lost_updates",
     "evaluate",
     "train",
+    "first_adam_step",
 ]
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -101,6 +103,17 @@ class History:
         """Mean training loss over the last ``last`` steps (smooths batch noise)."""
         tail = self.loss[-last:]
         return sum(tail) / len(tail) if tail else math.nan
+
+
+def cosine_lr(step: int, steps: int, lr: float, final_lr: float) -> float:
+    """Cosine decay from ``lr`` (step 0) to ``final_lr`` (step ``steps - 1``):
+    $\\eta_t = \\eta_T + (\\eta_0 - \\eta_T)(1 + \\cos(\\pi t / (T - 1)))/2$.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if steps < 2:
+        return lr
+    return final_lr + (lr - final_lr) * (1 + math.cos(math.pi * step / (steps - 1))) / 2
 
 
 def make_optimizer(
@@ -192,6 +205,7 @@ def train(
     seed: int = 0,
     momentum: float = 0.0,
     eps: float = 1e-8,
+    final_lr: float | None = None,
     eval_data: TensorDataset | None = None,
     device: torch.device | str | None = None,
     stop_on_nonfinite: bool = True,
@@ -204,6 +218,9 @@ def train(
     The copy keeps ``model``'s initial weights, so two calls with the same
     ``model`` and ``seed`` start from the same point and see the same batches.
     With ``stop_on_nonfinite`` the run stops at the first inf/NaN loss.
+    ``final_lr`` switches on cosine decay: the rate of step ``t`` (of ``T``) is
+    ``final_lr + (lr - final_lr) * (1 + cos(pi * t / (T - 1))) / 2``, from ``lr`` down
+    to ``final_lr`` (:func:`cosine_lr`).
 
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
@@ -211,6 +228,8 @@ def train(
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if final_lr is not None and not (isinstance(final_lr, (int, float)) and 0 < final_lr <= lr):
+        raise ValueError(f"final_lr must be a number in (0, lr={lr}], got {final_lr!r}")
     dtype = PRECISIONS[precision]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model).to(device=device, dtype=dtype)
@@ -222,6 +241,9 @@ def train(
     for step in progress(range(steps), desc=f"{precision} {optimizer}"):
         x, y = next(data)
         x, y = x.to(device, dtype), y.to(device)
+        if final_lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, steps, lr, final_lr)
         out = net(x)
         loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)
@@ -234,3 +256,36 @@ def train(
     if eval_data is not None:
         hist.eval_loss, hist.eval_accuracy = evaluate(net, eval_data)
     return hist
+
+
+def first_adam_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    precision: str = "fp16",
+    lr: float = 1e-3,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, dw)``: every weight's gradient and how far one Adam step moved it, in FP32.
+
+    A copy of ``model`` in ``precision`` takes one step of ``torch.optim.Adam(lr, eps)``
+    on ``mean CE(f(x), y)``; both tensors are flat, one entry per weight. Adam intends
+    $|\\Delta w| \\approx \\eta$ at its first step ($\\hat m / \\sqrt{\\hat v} = g / |g|$);
+    ``dw.abs() / lr`` shows what really happened (inf/NaN where the state broke).
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    device = next(model.parameters()).device
+    net = copy.deepcopy(model).to(dtype=dtype)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = make_optimizer(params, "adam", lr, eps=eps)
+    F.cross_entropy(net(x.to(device, dtype)), y.to(device)).backward()
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    g = torch.cat([p.grad.float().flatten() for p in params])
+    dw = torch.cat([(p.detach().float() - b.float()).flatten() for p, b in zip(params, before)])
+    return g, dw

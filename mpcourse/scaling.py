@@ -13,15 +13,23 @@ steps, bit-identical parameters, ``state_dict``, exception types on misuse)
 and keeps its per-optimizer state machine: READY -> ``unscale_`` -> UNSCALED
 -> ``step`` -> STEPPED -> ``update`` -> READY. Deliberate differences:
 nonsensical settings are refused up front, ``update(new_scale)`` also takes an
-int, gradients must sit on one device, and ``skipped_steps`` counts skips.
+int, gradients must sit on one device, ``skipped_steps`` counts skips, and a
+fused optimizer whose gradients appeared only after ``unscale_`` gets a clear
+error (GradScaler fails there with an ``AttributeError``). FP16 sparse
+gradients are coalesced before the inf check (duplicates are summed, and
+``64000 + 64000`` overflows), a scaler pickles only between iterations, and
+the deprecated ``step(grad_scaler=...)`` protocol of custom optimizers is kept
+(with GradScaler's ``FutureWarning``).
 
 Taught in course/05_loss_scaling.ipynb.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import struct
+import warnings
 from collections import abc, defaultdict
 from dataclasses import dataclass
 from enum import Enum
@@ -232,6 +240,8 @@ class DynamicLossScaler:
                 "scaler.update() at the end of each iteration, before the next step()."
             )
         if getattr(optimizer, "_step_supports_amp_scaling", False):
+            if "grad_scaler" in inspect.signature(optimizer.step).parameters:
+                return self._legacy_grad_scaler_step(optimizer, state, *args, **kwargs)
             return self._fused_step(optimizer, state, *args, **kwargs)
         if state.stage is OptState.READY:
             self.unscale_(optimizer)
@@ -316,7 +326,14 @@ class DynamicLossScaler:
                         "optimizer updates in float32: use autocast (not model.half()), or "
                         "FP32 master weights (mpcourse.master.MasterWeights)."
                     )
-                grads.append(param.grad._values() if param.grad.is_sparse else param.grad)
+                if param.grad.is_sparse:
+                    # duplicate indices are summed by coalesce(): check the sums, which may
+                    # overflow FP16 although every raw entry is finite (64000 + 64000)
+                    if param.grad.dtype == torch.float16:
+                        param.grad = param.grad.coalesce()
+                    grads.append(param.grad._values())
+                else:
+                    grads.append(param.grad)
         if not grads:
             return None
         devices = {g.device for g in grads}
@@ -341,6 +358,14 @@ class DynamicLossScaler:
             one = torch.ones((), dtype=torch.float32, device=scale.device)
             state.found_inf = self._check_and_unscale(optimizer, one, allow_fp16=True)
             optimizer.grad_scale = scale * getattr(optimizer, "grad_scale", 1)  # type: ignore[attr-defined]
+        elif state.found_inf is None:
+            # unscale_() saw no .grad, so it divided nothing: the gradients that exist now
+            # are still S * g, and the fused kernel (told they are unscaled) would apply them
+            raise ScalerUsageError(
+                "unscale_() was called when no parameter of this fused optimizer had a .grad, "
+                "so the gradients made since are still multiplied by the scale: call "
+                "scaler.unscale_(optimizer) after scaler.scale(loss).backward()."
+            )
         found_inf = state.found_inf if state.found_inf is not None else torch.zeros_like(scale)
         optimizer.found_inf = found_inf.to(scale.device)  # type: ignore[attr-defined]
         retval = optimizer.step(*args, **kwargs)
@@ -350,6 +375,54 @@ class DynamicLossScaler:
         if hasattr(optimizer, "grad_scale"):
             del optimizer.grad_scale  # type: ignore[attr-defined]
         return retval
+
+    def _legacy_grad_scaler_step(
+        self, optimizer: torch.optim.Optimizer, state: _PerOptimizer, *args: Any, **kwargs: Any
+    ) -> Any:
+        """The deprecated protocol: ``optimizer.step(grad_scaler=self)`` does all the work,
+        reading :meth:`_get_scale_async` and calling :meth:`_check_inf_per_device` itself."""
+        warnings.warn(
+            "GradScaler is going to stop passing itself as a keyword argument to the passed "
+            "optimizer. In the near future GradScaler registers `grad_scale: Tensor` and "
+            "`found_inf: Tensor` to the passed optimizer and let the optimizer use them directly.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        retval = optimizer.step(*args, grad_scaler=self, **kwargs)
+        state.stage = OptState.STEPPED
+        return retval
+
+    # the three calls the deprecated protocol's optimizers make (GradScaler's private names)
+    def _get_scale_async(self) -> torch.Tensor | None:
+        return self._scale
+
+    def _check_inf_per_device(self, optimizer: torch.optim.Optimizer) -> dict[torch.device, Any]:
+        scale = self._require_scale("_check_inf_per_device")
+        one = torch.ones((), dtype=torch.float32, device=scale.device)
+        state = self._states[id(optimizer)]
+        state.found_inf = self._check_and_unscale(optimizer, one, allow_fp16=True)
+        return self._found_inf_per_device(optimizer)
+
+    def _found_inf_per_device(self, optimizer: torch.optim.Optimizer) -> dict[torch.device, Any]:
+        found = self._states[id(optimizer)].found_inf
+        return {} if found is None else {found.device: found}
+
+    # -- pickling: only between iterations, like GradScaler --------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._enabled:
+            if self._states:
+                raise ScalerUsageError(
+                    "A loss scaler may only be pickled at the beginning of an iteration, or at "
+                    "the end after scaler.update()."
+                )
+            # the unpickled copy starts like a fresh scaler: its scale tensor is made by scale()
+            state["_init_scale"] = self.get_scale()
+            state["_scale"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # -- inspection and checkpoints: GradScaler's accessors --------------------------------
     def get_scale(self) -> float:

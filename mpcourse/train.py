@@ -18,8 +18,9 @@ scheduler steps only when the optimizer really stepped; checkpoints
 bit-identical to an uninterrupted one.
 
 Loss and accuracy are accumulated on the device and read once per epoch: the
-only per-step host synchronisation is the one ``GradScaler.step`` itself needs
-(it reads whether any gradient was inf/NaN).
+per-step host synchronisations are the one ``GradScaler.step`` itself needs
+(it reads whether any gradient was inf/NaN) and the scale read that tells a
+skipped step from a taken one.
 
 Taught in course/07_amp_training.ipynb.
 """
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .device import amp_dtype
 from .progress import progress
 
 __all__ = [
@@ -54,8 +56,8 @@ _LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _check_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "bf16"
+    if precision == "auto":  # device.amp_dtype decides: BF16 where it is native, else FP16
+        return "bf16" if amp_dtype(device) == torch.bfloat16 else "fp16"
     if precision not in PRECISIONS:
         raise ValueError(
             f"unknown precision {precision!r}: use 'fp32', 'fp16' (autocast float16 + "
@@ -98,11 +100,11 @@ def backward(loss: torch.Tensor | Sequence[torch.Tensor], scaler: torch.amp.Grad
         scaler.scale(each).backward(retain_graph=i < len(losses) - 1)
 
 
-def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    # After unscale_, GradScaler keeps one found-inf flag per device for this optimizer: a private
-    # helper (the one GradScaler.step reads), so this is the place to look after a torch upgrade.
-    flags = scaler._found_inf_per_device(optimizer)  # noqa: SLF001
-    return sum(v.double() for v in flags.values())
+def _nonfinite_grads(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether any gradient of ``optimizer`` holds inf/NaN (what GradScaler's check finds)."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    values = [g._values() if g.is_sparse else g for g in grads]
+    return bool(values) and not bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
 
 
 def optimizer_step(
@@ -112,40 +114,52 @@ def optimizer_step(
     max_grad_norm: float | None = None,
     schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
 ) -> bool:
-    """One optimizer step for every optimizer, one scaler; True if a step was skipped.
+    """One optimizer step for every optimizer, one scaler; True if any step was skipped.
 
     Order: ``unscale_`` each optimizer (so clipping sees true gradients
-    $g = g_{scaled} / S$), clip their parameters to ``max_grad_norm``, read
-    whether any gradient was inf/NaN (just before ``scaler.step`` makes the
-    same device-to-host read), ``scaler.step`` each optimizer (each one skips its
-    step if *its* gradients hold inf/NaN), ``scaler.update()`` once, and step
-    the ``schedulers`` only if no step was skipped. Gradients are zeroed
-    afterwards (``set_to_none``).
+    $g = g_{scaled} / S$), clip their parameters to ``max_grad_norm``,
+    ``scaler.step`` each optimizer (each one skips its step if *its* gradients
+    hold inf/NaN), ``scaler.update()`` once, then step each scheduler only if
+    *its own* optimizer (``scheduler.optimizer``) really stepped. Gradients are
+    zeroed afterwards (``set_to_none``).
+
+    How a skip is seen, with public calls only: with one optimizer, the scale
+    dropped in ``update()`` (it drops exactly when the step was skipped); with
+    several, each optimizer's unscaled gradients are checked for inf/NaN before
+    clipping (clipping an inf norm would turn every gradient into NaN).
 
     Taught in course/07_amp_training.ipynb.
     """
     opts = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+    for sched in schedulers:
+        if not any(sched.optimizer is opt for opt in opts):
+            raise ValueError(
+                f"{type(sched).__name__} schedules an optimizer that is not being stepped here: "
+                "pass each scheduler with its own optimizer"
+            )
+    skipped_by = [False] * len(opts)
     if scaler.is_enabled():
         for opt in opts:
             scaler.unscale_(opt)
+        if len(opts) > 1:  # which optimizer skips: its own unscaled gradients say
+            skipped_by = [_nonfinite_grads(o) for o in opts]
     if max_grad_norm is not None:
         params = [
             p for o in opts for g in o.param_groups for p in g["params"] if p.grad is not None
         ]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    skipped = False
-    if scaler.is_enabled():
-        # Read right before scaler.step, which reads the same flags: one wait, not two.
-        skipped = bool(torch.stack([_found_inf(scaler, o) for o in opts]).sum().item() > 0)
+    scale_before = scaler.get_scale()
     for opt in opts:
         scaler.step(opt)
     scaler.update()
-    if not skipped:
-        for sched in schedulers:
+    if scaler.is_enabled() and len(opts) == 1:  # the public signal: the scale backed off
+        skipped_by = [scaler.get_scale() < scale_before]
+    for sched in schedulers:
+        if not next(s for o, s in zip(opts, skipped_by, strict=True) if o is sched.optimizer):
             sched.step()
     for opt in opts:
         opt.zero_grad(set_to_none=True)
-    return skipped
+    return any(skipped_by)
 
 
 @dataclass

@@ -101,7 +101,7 @@ def test_format_trace_marks_casts_and_hides_views(batch):
 
 
 # ------------------------------------------------------------------ checks
-def _softplus_function(dtype_cast):
+def _softplus_function(dtype_cast, ignore_grad=False):
     class Fn(torch.autograd.Function):
         @staticmethod
         @torch.amp.custom_fwd(device_type=DEVICE.type, cast_inputs=dtype_cast)
@@ -113,7 +113,7 @@ def _softplus_function(dtype_cast):
         @torch.amp.custom_bwd(device_type=DEVICE.type)
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            return g * torch.sigmoid(x)
+            return torch.sigmoid(x) if ignore_grad else g * torch.sigmoid(x)
 
     return Fn
 
@@ -182,3 +182,7 @@ def test_checks_reject_wrong_answers():
         checks.check_fp32_function(_softplus_function(None))
     with pytest.raises(CheckFailed, match="Function subclass"):
         checks.check_fp32_function(len)
+    # issue 10: a backward that ignores the incoming gradient is refused, in one line
+    with pytest.raises(CheckFailed, match="ignores the incoming gradient") as info:
+        checks.check_fp32_function(_softplus_function(torch.float32, ignore_grad=True))
+    assert "\n" not in str(info.value)

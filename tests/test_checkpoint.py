@@ -64,3 +64,18 @@ def test_resume_without_scaler_state_is_refused(tmp_path):
     torch.save({"model": model.state_dict()}, path)
     with pytest.raises(ValueError, match="not an mpcourse checkpoint.*save_checkpoint"):
         load_checkpoint(path, model, opt, make_scaler("fp16", "cpu"))
+
+
+def test_checkpoint_does_not_import_train():
+    """Issue 9 B7: no import cycle checkpoint <-> train (History is a protocol here)."""
+    import ast
+    import inspect
+
+    import mpcourse.checkpoint as module
+
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert "train" not in imported and "mpcourse.train" not in imported, imported

@@ -56,9 +56,9 @@ def test_decode_check(capsys):
     )  # noqa: E731
     with pytest.raises(checks.CheckFailed, match="the bias is 15"):
         checks.check_decode(wrong_bias)
-    with pytest.raises(checks.NotAnswered, match="replace the `raise NotImplementedError`"):
+    with pytest.raises(checks.NotAnswered, match="still raises NotImplementedError"):
         checks.check_decode(stub)
-    with pytest.raises(checks.NotAnswered, match="No answer yet"):
+    with pytest.raises(checks.NotAnswered, match="set `decode_fp16`"):
         checks.check_decode(None)
 
 
@@ -132,20 +132,49 @@ def test_e4m3_max_check():
         checks.check_e4m3_max(None)
 
 
+def _amp_rule(device_type, capability):
+    if device_type == "cuda" and capability < (8, 0):
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def test_e4m3fnuz_max_check():
+    assert checks.check_e4m3fnuz_max(240.0)
+    for wrong, why in ((448, "OCP E4M3"), (480, "bias 7"), (224, "111 as NaN"), (120, "IEEE")):
+        with pytest.raises(checks.CheckFailed, match=why):
+            checks.check_e4m3fnuz_max(wrong)
+    with pytest.raises(checks.CheckFailed, match="expected 240"):
+        checks.check_e4m3fnuz_max(256)
+    with pytest.raises(checks.CheckFailed, match="should be a number"):
+        checks.check_e4m3fnuz_max("240")
+    with pytest.raises(checks.NotAnswered):
+        checks.check_e4m3fnuz_max(None)
+
+
 def test_setup_checks():
-    assert checks.check_amp_choice({"cpu": (torch.bfloat16, False), "cuda": (torch.float16, True)})
-    with pytest.raises(checks.CheckFailed, match="needs a GradScaler"):
-        checks.check_amp_choice({"cpu": (torch.bfloat16, True), "cuda": (torch.float16, True)})
-    with pytest.raises(checks.CheckFailed, match="autocast dtype on cuda"):
-        checks.check_amp_choice({"cpu": (torch.bfloat16, False), "cuda": (torch.bfloat16, False)})
-    with pytest.raises(checks.CheckFailed, match="keys 'cpu' and 'cuda'"):
-        checks.check_amp_choice({"gpu": 1})
+    assert checks.check_amp_choice(_amp_rule)
+    assert checks.check_amp_choice(lambda d, c: list(_amp_rule(d, c)))
+    with pytest.raises(checks.CheckFailed, match="needs a GradScaler is False, you said True"):
+        checks.check_amp_choice(lambda d, c: (_amp_rule(d, c)[0], True))
+    with pytest.raises(checks.CheckFailed, match="sm_.*course uses torch.float16 autocast"):
+        checks.check_amp_choice(lambda d, c: (torch.bfloat16, False))  # BF16 on every GPU
+    with pytest.raises(checks.CheckFailed, match="course uses torch.bfloat16 autocast"):
+        checks.check_amp_choice(
+            lambda d, c: (torch.float16, True) if d == "cuda" else _amp_rule(d, c)
+        )
+    with pytest.raises(checks.CheckFailed, match="the CPU.*FP16 autocast runs on a CPU"):
+        checks.check_amp_choice(lambda d, c: (torch.float16, True))
+    with pytest.raises(checks.CheckFailed, match="asks mpcourse.device"):
+        from mpcourse.device import amp_dtype
+
+        checks.check_amp_choice(lambda d, c: (amp_dtype(d), False))
+    with pytest.raises(checks.CheckFailed, match="should return"):
+        checks.check_amp_choice(lambda d, c: torch.bfloat16)
     assert checks.check_nbytes(lambda t: t.numel() * t.element_size())
     with pytest.raises(checks.CheckFailed, match="float16 tensor: expected 30, got 60"):
         checks.check_nbytes(lambda t: t.numel() * 4)
     with pytest.raises(checks.CheckFailed, match="3x2 view"):
         checks.check_nbytes(lambda t: t.untyped_storage().nbytes())
-    assert checks.check_amp_choice({"cpu": [torch.bfloat16, False], "cuda": [torch.float16, True]})
     with pytest.raises(checks.NotAnswered):
         checks.check_nbytes(stub)
 

@@ -15,6 +15,9 @@ def test_doctor_prints_the_report():
     ).stdout
     assert f"torch_version             {torch.__version__}" in out
     assert "autocast_dtypes" in out and "cpu_capability" in out
+    verdict = out.strip().splitlines()[-1]
+    assert verdict.startswith("this machine: use bf16 autocast, no GradScaler")
+    assert "x slower" in verdict or "x faster" in verdict  # measured here, not assumed
 
 
 def test_unknown_command_is_an_error():

@@ -5,8 +5,10 @@ import torch
 
 from mpcourse.device import (
     ENV_VAR,
+    EnvironmentReport,
     amp_dtype,
     autocast_dtypes,
+    bf16_native,
     cpu_features,
     environment_report,
     needs_grad_scaler,
@@ -44,7 +46,9 @@ def test_pick_device_rejects_unknown_devices():
 
 
 def test_amp_dtype_policy():
-    assert amp_dtype(torch.device("cuda")) == torch.float16
+    assert amp_dtype(torch.device("cuda")) == (
+        torch.bfloat16 if bf16_native("cuda") else torch.float16
+    )
     assert amp_dtype("cpu") == torch.bfloat16
     assert amp_dtype("cpu", prefer="fp16") == torch.float16
     assert amp_dtype("cuda", prefer=torch.bfloat16) == torch.bfloat16
@@ -55,14 +59,93 @@ def test_amp_dtype_policy():
         amp_dtype("cpu", prefer=torch.float32)
 
 
+@pytest.mark.parametrize(
+    "capability,native,dtype",
+    [
+        ((6, 1), False, torch.float16),
+        ((7, 0), False, torch.float16),
+        ((7, 5), False, torch.float16),
+        ((8, 0), True, torch.bfloat16),
+        ((8, 9), True, torch.bfloat16),
+        ((9, 0), True, torch.bfloat16),
+    ],
+)
+def test_cuda_default_is_bf16_only_where_the_gpu_computes_it(
+    monkeypatch, capability, native, dtype
+):
+    """B1: BF16 autocast (no scaler) on Ampere and newer, FP16 + GradScaler before. Simulated:
+    torch.cuda.is_bf16_supported() is true on a T4 too (emulation), so the policy must not use
+    it with its default argument."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: including_emulation or capability[0] >= 8,
+    )
+    for device in ("cuda", "cuda:0", "cuda:1"):
+        assert bf16_native(device) is native
+        assert amp_dtype(device) == dtype
+        assert needs_grad_scaler(amp_dtype(device)) is not native
+
+
+def test_cpu_bf16_native_follows_the_cpu_flags():
+    assert bf16_native("cpu") == bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
+def _report(**changes):
+    base = dict(
+        torch_version="2",
+        python_version="3",
+        device="cpu",
+        device_name="x",
+        cuda_capability=None,
+        amp_dtype="bfloat16",
+        autocast_dtypes={"float16": True, "bfloat16": True},
+        bf16_supported=True,
+        tf32_matmul=None,
+        tf32_cudnn=None,
+        float32_matmul_precision="highest",
+        cpu_name="x",
+        cpu_capability="AVX512",
+        cpu_features=[],
+        threads=1,
+        step_speed={"float16": 1 / 30, "bfloat16": 1.5},
+    )
+    return EnvironmentReport(**{**base, **changes})
+
+
+def test_doctor_verdict_says_what_to_use():
+    """B2: one line to act on, with the measured FP16 slowdown; no raw None/yes values."""
+    text = str(_report())
+    assert text.splitlines()[-1] == (
+        "this machine: use bf16 autocast, no GradScaler; FP16 has no fast kernels here: a "
+        "training step is 30x slower; a small bf16 training step here is 1.5x faster than FP32"
+    )
+    assert "None" not in text and "=yes" not in text and "n/a (CUDA only)" in text
+    assert "float16: runs (30x slower than FP32 in a training step)" in text
+    gpu = _report(
+        device="cuda",
+        cuda_capability="sm_75",
+        amp_dtype="float16",
+        bf16_supported=False,
+        tf32_matmul=False,
+        tf32_cudnn=True,
+        step_speed={"float16": 2.5, "bfloat16": 0.4},
+    )
+    assert gpu.verdict() == "this machine: use fp16 autocast + GradScaler (bf16 is not native here)"
+
+
 def test_autocast_probe_and_report_on_cpu():
     works = autocast_dtypes("cpu")
     assert works == {"float16": True, "bfloat16": True}  # torch 2.x CPU autocast supports both
-    report = environment_report("cpu")
+    report = environment_report("cpu", measure=False)
     assert report.device == "cpu" and report.torch_version == torch.__version__
     assert report.amp_dtype == "bfloat16" and report.cuda_capability is None
     text = str(report)
-    assert "autocast_dtypes" in text and "float16=yes" in text
+    assert "autocast_dtypes" in text and "float16: runs" in text
     assert set(cpu_features()) <= {
         "avx2",
         "avx512f",

@@ -317,3 +317,38 @@ def test_check_delayed_scales():
     for stub in (None, _stub):
         with pytest.raises(NotAnswered):
             checks.check_delayed_scales(stub)
+
+
+def _splitk(a, b, splits, partial_in_fp32=False, round_inputs=True):
+    if round_inputs:
+        a, b = a.bfloat16().float(), b.bfloat16().float()
+    chunk = a.shape[1] // splits
+    parts = [
+        (a[:, i * chunk : (i + 1) * chunk] @ b[i * chunk : (i + 1) * chunk]).bfloat16()
+        for i in range(splits)
+    ]
+    if partial_in_fp32:
+        return sum(p.float() for p in parts).bfloat16().float()
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total.float()
+
+
+def test_check_splitk_bf16_matmul():
+    """Issue 10: ch08 exercise 2 needs transfer (a split-K BF16 reduction), one message per slip."""
+    from mpcourse import checks
+
+    assert checks.check_splitk_bf16_matmul(_splitk)
+    wrong = {
+        "full FP32 reduction": lambda a, b, s: (
+            (a.bfloat16().float() @ b.bfloat16().float()).bfloat16().float()
+        ),
+        "added the BF16 partials in FP32": lambda a, b, s: _splitk(a, b, s, partial_in_fp32=True),
+        "shape": lambda a, b, s: _splitk(a, b, s)[:1],
+    }
+    for words, fn in wrong.items():
+        with pytest.raises(checks.CheckFailed, match=words):
+            checks.check_splitk_bf16_matmul(fn)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_splitk_bf16_matmul(None)

@@ -17,6 +17,7 @@ from mpcourse.hooks import (  # noqa: E402
     gradient_stats,
     plot_gradient_histogram,
     stats_table,
+    window_shares,
 )
 from mpcourse.models import MLP, SimpleModel  # noqa: E402
 
@@ -78,6 +79,17 @@ def test_flushed_share_and_stats():
     assert s["flushed_to_zero"] == 3 / 7
     t = gradient_stats(v, TF32)  # no torch dtype: the threshold is used
     assert t["flushed_to_zero"] == 0.0 and t["above_max"] == 0.0
+    w = window_shares(v, FP16)  # of the 7 nonzero: 3 to 0, 1.5*2^-25 and 2^-20 subnormal
+    assert w == {"to_zero": 3 / 7, "subnormal": 2 / 7, "normal": 1 / 7, "overflow": 1 / 7}
+    assert window_shares(v, TF32) == {
+        "to_zero": 0.0,
+        "subnormal": 0.0,
+        "normal": 1.0,
+        "overflow": 0.0,
+    }
+    assert window_shares(torch.zeros(2))["to_zero"] == 0.0
+    with pytest.raises(TypeError, match="FloatFormat"):
+        window_shares(v, torch.float16)
 
 
 def test_stats_errors():
@@ -97,7 +109,9 @@ def test_stats_table_and_plot():
     cap = capture_gradients(MLP(8), torch.randn(16, 8), torch.randint(0, 10, (16,)))
     table = stats_table(cap)
     lines = table.splitlines()
-    assert lines[0].split() == ["layer", "values", "zero%", "<sub%", "<norm%", ">max%", "flushed%"]
+    assert lines[0].split() == ["layer", "values", "zero%", "|", "to0%", "sub%", "normal%", "inf%"]
+    for line in lines[2:]:  # one denominator: the nonzero shares add up to 100
+        assert abs(sum(float(x) for x in line.split("|")[1].split()) - 100) < 0.03
     assert lines[-1].startswith("ALL") and len(lines) == 2 + len(cap.activation) + 1
     assert "layers.0.weight" in stats_table(cap, "weight")
     ax = plot_gradient_histogram(cap.all())

@@ -15,6 +15,7 @@ from mpcourse.master import (
     RECIPES,
     MasterWeights,
     ledger,
+    lost_update_sizes,
     measure_bytes_per_parameter,
     tensor_bytes,
     train_master,
@@ -230,3 +231,33 @@ def test_train_master_reuses_the_chapter_03_setup() -> None:
     assert stuck.precision == "master+scaling" and sum(stuck.attempted) == 0
     for p, p0 in zip(stuck.model.parameters(), mlp.parameters(), strict=True):
         assert torch.equal(p, p0.half())
+
+
+@pytest.mark.parametrize("dtype, limit", [(torch.float16, -10.9), (torch.bfloat16, -7.9)])
+def test_lost_update_sizes_pure_versus_master(dtype, limit) -> None:
+    from mpcourse.data import digits
+    from mpcourse.models import MLP
+    from mpcourse.purefp16 import batches
+
+    torch.manual_seed(0)
+    model = MLP(64).to(dtype)
+    x, y = next(batches(digits(), 64, seed=5))
+    pure = lost_update_sizes(model, x, y, use_master=False, lr=1e-3)
+    master = lost_update_sizes(model, x, y, use_master=True, lr=1e-3)
+    assert pure.numel() > 1000 and math.log2(pure.max().item()) <= limit
+    assert master.numel() < pure.numel() / 10
+    assert master.numel() == 0 or master.max().item() <= 2.0**-24
+    assert all(p.dtype == dtype for p in model.parameters())  # the given model is untouched
+
+
+def test_bf16_master_weights_keep_what_pure_bf16_loses() -> None:
+    from mpcourse.data import digits
+    from mpcourse.models import MLP
+    from mpcourse.purefp16 import train
+
+    torch.manual_seed(0)
+    mlp, data = MLP(64), digits()
+    pure = train(mlp, data, precision="bf16", lr=0.01, steps=30)
+    master = train_master(mlp, data, lr=0.01, steps=30, dtype=torch.bfloat16)
+    assert pure.lost_share > 0.8 and master.lost_share < 0.02
+    assert all(p.dtype == torch.bfloat16 for p in master.model.parameters())

@@ -173,7 +173,7 @@ def stub(*args):
 def test_function_checks_on_stubs(check):
     with pytest.raises(checks.NotAnswered):
         check(None)
-    with pytest.raises(checks.NotAnswered, match="not written yet"):
+    with pytest.raises(checks.NotAnswered, match="still raises NotImplementedError"):
         check(stub)
 
 
@@ -333,36 +333,59 @@ def test_check_adam_eps():
 
 
 def test_check_adam_survivors():
-    def derived(g):  # v = (1 - beta2) g^2 must not be 0 in FP16
-        return (0.001 * g.float() ** 2).half() != 0
+    def derived(g, beta2, eps):  # the denominator sqrt(v) + eps must not be 0 in FP16
+        v_kept = ((1 - beta2) * g.float() ** 2).half() != 0
+        return v_kept | (torch.tensor(eps).half() != 0)
 
-    def real_step(g):
+    def real_step(g, beta2, eps):
         p = torch.nn.Parameter(torch.full_like(g, 0.1))
         p.grad = g.clone()
-        torch.optim.Adam([p]).step()
+        torch.optim.Adam([p], betas=(0.9, beta2), eps=eps).step()
         return torch.isfinite(p.detach())
 
     assert checks.check_adam_survivors(derived)
-    assert checks.check_adam_survivors(real_step)
+    with pytest.raises(checks.CheckFailed, match="runs an optimizer"):
+        checks.check_adam_survivors(real_step)
     with pytest.raises(checks.NotAnswered):
         checks.check_adam_survivors(None)
-    with pytest.raises(checks.NotAnswered, match="not written yet"):
+    with pytest.raises(checks.NotAnswered, match="still raises NotImplementedError"):
         checks.check_adam_survivors(stub)
     with pytest.raises(checks.CheckFailed, match="should return a bool tensor"):
-        checks.check_adam_survivors(lambda g: derived(g).float())
+        checks.check_adam_survivors(lambda g, b, e: derived(g, b, e).float())
     with pytest.raises(checks.CheckFailed, match="returned shape"):
-        checks.check_adam_survivors(lambda g: derived(g)[:1])
+        checks.check_adam_survivors(lambda g, b, e: derived(g, b, e)[:1])
 
 
 @pytest.mark.parametrize(
     "wrong, advice",
     [
-        (lambda g: torch.ones_like(g, dtype=torch.bool), "eps = 1e-8 does not help"),
-        (lambda g: g != 0, "the gradient itself fits in FP16"),
-        (lambda g: g * g != 0, "g\\^2 alone is not Adam's v"),
-        (lambda g: g.abs() > 1e-3, "finite only where v is not 0"),
+        (lambda g, b, e: torch.ones_like(g, dtype=torch.bool), "eps = 1e-8 is 0 in FP16"),
+        (lambda g, b, e: g != 0, "the gradient itself fits in FP16"),
+        (lambda g, b, e: g * g != 0, "g\\^2 alone is not Adam's v"),
+        (lambda g, b, e: g.abs() > 5.46e-3, "5.5e-3 is the threshold for beta2 = 0.999 only"),
+        (lambda g, b, e: ((1 - b) * g.float() ** 2).half() != 0, "is not 0 in FP16"),
+        (lambda g, b, e: g.abs() > 1e-3, "finite unless the denominator is 0"),
     ],
 )
 def test_check_adam_survivors_names_the_mistake(wrong, advice):
     with pytest.raises(checks.CheckFailed, match=advice):
         checks.check_adam_survivors(wrong)
+
+
+def test_accumulation_table_and_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpcourse.plots import accumulation_table, plot_accumulation_errors
+
+    ns = [10, 100]
+    errors = numerics.accumulation_errors(ns, seed=0)
+    table = accumulation_table(ns, errors).splitlines()
+    assert table[0].split()[0] == "n" and len(table) == 3 and table[2].split()[0] == "100"
+    ax = plot_accumulation_errors(ns, errors)
+    assert [t.get_text() for t in ax.get_legend().texts] == list(errors)
+    plt.close("all")
+    with pytest.raises(ValueError, match="one value per n"):
+        accumulation_table([10, 100, 1000], errors)

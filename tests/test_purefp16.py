@@ -7,7 +7,15 @@ import torch
 
 from mpcourse.data import digits
 from mpcourse.models import MLP
-from mpcourse.purefp16 import batches, evaluate, lost_updates, make_optimizer, train
+from mpcourse.purefp16 import (
+    batches,
+    cosine_lr,
+    evaluate,
+    first_adam_step,
+    lost_updates,
+    make_optimizer,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +90,50 @@ def test_evaluate_and_batches(setup):
 def test_bad_arguments(setup):
     model, tr, _ = setup
     with pytest.raises(
-        ValueError, match=r"precision must be one of \['fp16', 'fp32'\], got 'bf16'"
+        ValueError, match=r"precision must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"
     ):
-        train(model, tr, precision="bf16")
+        train(model, tr, precision="fp8")
+    with pytest.raises(ValueError, match="final_lr must be a number in"):
+        train(model, tr, lr=0.1, final_lr=0.2)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        first_adam_step(model, *next(batches(tr, 8, 0)), precision="half")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         train(model, tr, steps=0)
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam', got 'lion'"):
         make_optimizer(model.parameters(), "lion")
     with pytest.raises(ValueError, match="lr must be a positive number"):
         make_optimizer(model.parameters(), "sgd", lr=0)
+
+
+def test_cosine_schedule_is_applied_per_step(setup):
+    assert cosine_lr(0, 11, 0.1, 1e-4) == 0.1 and math.isclose(cosine_lr(10, 11, 0.1, 1e-4), 1e-4)
+    assert math.isclose(cosine_lr(5, 11, 0.1, 1e-4), (0.1 + 1e-4) / 2)
+    assert cosine_lr(0, 1, 0.1, 1e-4) == 0.1
+    model, tr, _ = setup
+    decayed = train(model, tr, precision="fp32", lr=0.1, final_lr=1e-4, steps=5)
+    constant = train(model, tr, precision="fp32", lr=0.1, steps=5)
+    assert decayed.loss[:2] == constant.loss[:2] and decayed.loss[-1] != constant.loss[-1]
+
+
+def test_pure_bf16_loses_more_updates_than_fp16(setup):
+    model, tr, _ = setup
+    bf = train(model, tr, precision="bf16", lr=0.01, steps=20)
+    fp = train(model, tr, precision="fp16", lr=0.01, steps=20)
+    assert next(bf.model.parameters()).dtype == torch.bfloat16
+    assert bf.lost_share > fp.lost_share + 0.2
+
+
+def test_first_adam_step_with_a_large_eps_amplifies_mid_sized_gradients(setup):
+    """FP16 Adam, eps=1e-4: where v underflows (|g| < ~5.5e-3) the step is lr * g / eps."""
+    model, tr, _ = setup
+    x, y = next(batches(tr, 64, seed=0))
+    g32, dw32 = first_adam_step(model, x, y, precision="fp32", lr=1e-3, eps=1e-8)
+    assert g32.shape == dw32.shape == (sum(p.numel() for p in model.parameters()),)
+    big = g32.abs() > 1e-6
+    assert torch.allclose(dw32[big].abs(), torch.full_like(dw32[big], 1e-3), rtol=1e-2)
+    g16, dw16 = first_adam_step(model, x, y, precision="fp16", lr=1e-3, eps=1e-4)
+    mid = (g16.abs() > 1e-3) & (g16.abs() < 5e-3)
+    assert mid.any()
+    ratio = dw16[mid].abs() / 1e-3
+    assert torch.allclose(ratio, g16[mid].abs() / 1e-4, rtol=0.05)  # lr * |g| / eps
+    assert (dw16[g16.abs() > 6e-3].abs() / 1e-3 - 1).abs().max() < 0.3  # v survives: ~lr

@@ -485,6 +485,8 @@ def test_check_update_scale() -> None:
         return right(scale, tracker, found_inf, growth, backoff, interval)
 
     assert checks.check_update_scale(right)
+    with pytest.raises(checks.CheckFailed, match="answer key"):
+        checks.check_update_scale(lambda *case: next_scale(*case[:3]))
     with pytest.raises(checks.CheckFailed, match="inf in FP32"):
         checks.check_update_scale(no_fp32_cap)
     with pytest.raises(checks.CheckFailed, match="restarts at 0"):
@@ -536,17 +538,20 @@ def test_check_scale_trajectory() -> None:
 def test_check_static_scale() -> None:
     from mpcourse import checks
 
-    assert checks.check_static_scale(lambda m: 2.0 ** math.floor(math.log2(65504 / m)))
-    assert checks.check_static_scale(
-        lambda m: torch.tensor(2.0) ** math.floor(math.log2(65504 / m))
-    )
+    def right(batch_max, format_max, headroom):
+        return 2.0 ** (math.floor(math.log2(format_max / max(batch_max))) - headroom)
+
+    assert checks.check_static_scale(right)
+    assert checks.check_static_scale(lambda b, f, h: torch.tensor(right(b, f, h)))
     typical = {
-        "overflows": lambda m: 2.0 ** math.ceil(math.log2(65504 / m)),  # rounded up
-        "not a power of two": lambda m: 65504 / m,
-        "too small": lambda m: 2.0 ** (math.floor(math.log2(65504 / m)) - 1),  # extra margin
-        # int() truncates towards 0: wrong for a gradient above 65504 (the scale must be < 1)
-        "overflows: 100000.0": lambda m: 2.0 ** int(math.log2(65504 / m)),
-        "positive number": lambda m: None,
+        "first batch only": lambda b, f, h: right(b[:1], f, h),
+        "used FP16's 65504": lambda b, f, h: right(b, 65504.0, h),
+        "no headroom left": lambda b, f, h: right(b, f, 0),
+        "not a power of two": lambda b, f, h: f / max(b) / 2**h,
+        "overflows": lambda b, f, h: 2.0 ** (math.ceil(math.log2(f / max(b))) - h),
+        "<=, not <": lambda b, f, h: 2.0 ** (math.ceil(math.log2(f / max(b))) - 1 - h),
+        "too small": lambda b, f, h: right(b, f, h) / 4,
+        "positive number": lambda b, f, h: None,
     }
     for message, wrong in typical.items():
         with pytest.raises(checks.CheckFailed, match=message):

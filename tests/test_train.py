@@ -305,3 +305,154 @@ def test_the_seeds_torch_cuda_amp_spelling_is_deprecated():
     assert (
         "torch.amp.GradScaler('cuda'" in messages[0] and "torch.amp.autocast('cuda'" in messages[1]
     )
+
+
+def test_each_scheduler_follows_its_own_optimizer():
+    """Issue 9 B4: opt0 steps, opt1 skips: only opt0's scheduler advances."""
+    torch.manual_seed(0)
+    m0, m1 = nn.Linear(4, 2), nn.Linear(4, 2)
+    o0, o1 = (torch.optim.SGD(m.parameters(), lr=1.0) for m in (m0, m1))
+    s0, s1 = (torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5) for o in (o0, o1))
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(3, 4)
+    scaler.scale(m0(x).sum() + m1(x).sum()).backward()
+    m1.weight.grad[0, 0] = float("inf")
+    assert optimizer_step([o0, o1], scaler, schedulers=[s0, s1], max_grad_norm=1.0) is True
+    assert o0.param_groups[0]["lr"] == 0.5 and o1.param_groups[0]["lr"] == 1.0
+    # one optimizer: the public signal (the scale dropped in update()) decides
+    scaler.scale(m0(x).sum()).backward()
+    m0.bias.grad[0] = float("nan")
+    before = scaler.get_scale()
+    assert optimizer_step(o0, scaler, schedulers=[s0]) is True
+    assert scaler.get_scale() < before and o0.param_groups[0]["lr"] == 0.5
+    scaler.scale(m0(x).sum()).backward()
+    assert optimizer_step(o0, scaler, schedulers=[s0]) is False
+    assert o0.param_groups[0]["lr"] == 0.25
+    with pytest.raises(ValueError, match="its own optimizer"):
+        optimizer_step(o0, scaler, schedulers=[s1])
+
+
+def test_optimizer_step_reads_no_private_scaler_state():
+    """Issue 9 B4: the skip signal comes from public calls only."""
+    import inspect
+
+    import mpcourse.train as module
+
+    assert "_found_inf_per_device" not in inspect.getsource(module)
+
+
+def _hunt_fixed(model, optimizer, scheduler, scaler, batches, max_norm, accumulation):
+    for i, (x, y) in enumerate(batches):
+        with torch.autocast(x.device.type, dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y) / accumulation
+        scaler.scale(loss).backward()
+        if (i + 1) % accumulation == 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() >= before:
+                scheduler.step()
+            optimizer.zero_grad()
+
+
+def _hunt_variant(bugs):
+    """The exercise's loop with some of its bugs (and other classic mistakes) put back."""
+
+    def amp_steps(model, optimizer, scheduler, scaler, batches, max_norm, accumulation):
+        for i, (x, y) in enumerate(batches):
+            with torch.autocast(x.device.type, dtype=torch.float16):
+                loss = nn.functional.cross_entropy(model(x), y) / accumulation
+            if "backward" in bugs:
+                loss.backward()
+            else:
+                scaler.scale(loss).backward()
+            if "update_each_batch" in bugs:
+                scaler.update()
+            if (i + 1) % accumulation == 0:
+                if "clip" not in bugs:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                before = scaler.get_scale()
+                if "optimizer.step" in bugs:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                if "update_each_batch" not in bugs:
+                    scaler.update()
+                if "scheduler" in bugs or scaler.get_scale() >= before:
+                    scheduler.step()
+                optimizer.zero_grad()
+
+    return amp_steps
+
+
+def test_bug_hunt_check_names_each_mistake_in_one_short_line():
+    assert checks.check_amp_bug_hunt(_hunt_fixed)
+    cases = {
+        ("backward", "clip", "scheduler"): "bug 1 is still there",
+        ("clip", "scheduler"): "bug 2 is still there",
+        ("scheduler",): "bug 3 is still there",
+        ("optimizer.step",): "use scaler.step\\(optimizer\\)",
+        ("update_each_batch",): "once per optimizer step",
+    }
+    for bugs, words in cases.items():
+        with pytest.raises(CheckFailed, match=words) as info:
+            checks.check_amp_bug_hunt(_hunt_variant(bugs))
+        assert len(str(info.value)) < 200 and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(NotAnswered):
+        checks.check_amp_bug_hunt(None)
+    with pytest.raises(NotAnswered):
+        checks.check_amp_bug_hunt(_stub)
+
+    def calls_the_package(model, optimizer, scheduler, scaler, batches, max_norm, accumulation):
+        return optimizer_step(optimizer, scaler)
+
+    with pytest.raises(CheckFailed, match="answer key"):
+        checks.check_amp_bug_hunt(calls_the_package)
+
+
+def _plain_fit(
+    model,
+    batches,
+    optimizer,
+    scheduler,
+    *,
+    precision,
+    accumulation_steps,
+    max_grad_norm,
+    short_last_group=True,
+    scaler_always=False,
+):
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaler_always or precision == "fp16")
+    scales, n = [], len(batches)
+    for i, (x, y) in enumerate(batches):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        start = i // accumulation_steps * accumulation_steps
+        k = min(accumulation_steps, n - start) if short_last_group else accumulation_steps
+        scaler.scale(loss / k).backward()
+        if (i + 1) % accumulation_steps == 0 or i + 1 == n:
+            scaler.unscale_(optimizer)
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            before = scaler.get_scale()
+            scales.append(before)
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() >= before:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return scales
+
+
+def test_plain_loop_check():
+    assert checks.check_plain_amp_loop(_plain_fit)
+    with pytest.raises(CheckFailed, match="disabled for bf16"):
+        checks.check_plain_amp_loop(lambda *a, **k: _plain_fit(*a, **k, scaler_always=True))
+    with pytest.raises(CheckFailed, match="may be short"):
+        checks.check_plain_amp_loop(lambda *a, **k: _plain_fit(*a, **k, short_last_group=False))
+    with pytest.raises(NotAnswered):
+        checks.check_plain_amp_loop(lambda *a, **k: _stub())

@@ -4,15 +4,21 @@ Each check prints ``Correct: ...`` and returns True, or raises
 :class:`CheckFailed` (a subclass of AssertionError) that says in plain words
 what is wrong, on which input, and what was expected.
 
-Chapter modules register their checks here by name (one import line each).
+Chapter modules register their checks here by name (one import line each); the
+last line of this file puts every ``check_*`` behind the strict/student switch of
+:mod:`mpcourse.checks._core` (one-line reports; in the student version a failed
+check prints instead of raising, so Run All reaches the end).
 """
 
-from ._core import CheckFailed, NotAnswered
+from ._core import CheckFailed, NotAnswered, NotPassed, student_mode, wrap_checks
 from .autocast import check_autocast_categories, check_fp32_function, check_safe_bce
 from .bench import check_arithmetic_intensity, check_linear_saved_bytes, check_pad_to_multiple
+from .debug import check_broken_loop, check_rms_norm, check_safe_inference  # noqa: F401
+from .distributed import check_fsdp_bytes, check_skips_across_ranks  # noqa: F401
 from .formats import (
     check_decode,
     check_e4m3_max,
+    check_e4m3fnuz_max,
     check_format_limits,
     check_fp16_max,
     check_round_toy,
@@ -21,8 +27,12 @@ from .fp8 import (
     check_bf16_smallest_update,
     check_delayed_scales,
     check_fp8_scale,
+    check_splitk_bf16_matmul,
     check_tf32_matmul,
 )
+from .inference import check_outlier_matmul, check_per_channel_scale, check_sensitive_layer  # noqa: F401
+from .keras_mp import check_float32_head, check_keras_scale  # noqa: F401
+from .mx import check_e8m0_scale, check_flushed, check_stochastic_round  # noqa: F401
 from .numerics import (
     check_adam_eps,
     check_adam_survivors,
@@ -39,14 +49,17 @@ from .scaling import (
     check_update_scale,
 )
 from .setup import check_amp_choice, check_nbytes
-from .train import check_amp_step, check_resume
+from .train import check_amp_bug_hunt, check_amp_step, check_plain_amp_loop, check_resume
 
 __all__ = [
     "CheckFailed",
     "NotAnswered",
+    "NotPassed",
+    "student_mode",
     "check_decode",
     "check_fp16_max",
     "check_e4m3_max",
+    "check_e4m3fnuz_max",
     "check_round_toy",
     "check_format_limits",
     "check_amp_choice",
@@ -60,9 +73,12 @@ __all__ = [
     "check_safe_bce",
     "check_fp32_function",
     "check_amp_step",
+    "check_amp_bug_hunt",
+    "check_plain_amp_loop",
     "check_resume",
     "check_bf16_smallest_update",
     "check_tf32_matmul",
+    "check_splitk_bf16_matmul",
     "check_fp8_scale",
     "check_delayed_scales",
     "check_arithmetic_intensity",
@@ -75,3 +91,5 @@ __all__ = [
     "check_adam_eps",
     "check_adam_survivors",
 ]
+
+wrap_checks(globals())  # keep last: wraps every check_* imported above

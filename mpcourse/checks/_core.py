@@ -5,24 +5,151 @@ When it is wrong it raises :class:`CheckFailed`, whose message says what is
 wrong, on which input, what was expected and what was given, so that a wrong
 answer can never pass silently (not even under ``pytest --nbval-lax``).
 
+Two modes (see :func:`student_mode`):
+
+* **strict** (the default: course notebooks, tests, nbgrader's autograding):
+  a failed check raises. IPython shows an exception's ``_render_traceback_()``
+  instead of its traceback, so the student sees one line
+  (``Not answered yet: ...`` / ``Not correct yet: ...``), never the checker's
+  source.
+* **student** (switched on by the first cell of the student version): a failed
+  check prints that same line and returns a false value instead of raising, so
+  JupyterLab's *Run All* runs on to the end of the notebook.
+
+:func:`wrap_check` puts every ``checks.check_*`` behind this switch (done once,
+for all chapters, in ``mpcourse/checks/__init__.py``).
+
 Taught in course/00_setup.ipynb (how exercises work).
 """
 
 from __future__ import annotations
 
+import functools
+import linecache
 import math
+import sysconfig
+import traceback
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+_LIBRARIES = tuple(
+    str(Path(p).resolve())
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+_STUDENT_MODE = False
 
 
 class CheckFailed(AssertionError):
     """An exercise answer is wrong; the message says why in plain words."""
 
+    label = "Not correct yet"
+
+    def report(self) -> str:
+        """The one line a student sees: ``Not correct yet: <what is wrong>``."""
+        return f"{self.label}: {' '.join(str(self).split())}"  # one line, whatever the message
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return [self.report()]
+
 
 class NotAnswered(CheckFailed):
     """The answer cell still holds the stub of the student version."""
+
+    label = "Not answered yet"
+
+
+class NotPassed(int):
+    """What a check returns in student mode when the answer is not right yet: false,
+    shown as nothing (the check already printed its one line)."""
+
+    def __new__(cls, message: str) -> NotPassed:
+        obj = super().__new__(cls, 0)
+        obj.message = message
+        return obj
+
+    def __repr__(self) -> str:
+        return f"NotPassed({self.message!r})"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def student_mode(on: bool = True) -> None:
+    """Switch between student mode (a failed check prints one line and returns a false
+    value) and strict mode (it raises :class:`CheckFailed`, the default).
+
+    The student version's first cell calls ``student_mode()``. For nbgrader, a test cell
+    that must fail in autograding starts with a hidden block that switches it off::
+
+        ### BEGIN HIDDEN TESTS
+        checks.student_mode(False)
+        ### END HIDDEN TESTS
+        checks.check_decode(decode_fp16)
+    """
+    global _STUDENT_MODE
+    _STUDENT_MODE = bool(on)
+
+
+def in_student_mode() -> bool:
+    return _STUDENT_MODE
+
+
+def wrap_check(check: Callable[..., Any]) -> Callable[..., Any]:
+    """Put one check behind the strict/student switch (idempotent)."""
+    if getattr(check, "_mpcourse_check", False):
+        return check
+
+    @functools.wraps(check)
+    def run_check(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return check(*args, **kwargs)
+        except CheckFailed as err:
+            if not _STUDENT_MODE:
+                raise err.with_traceback(None) from None  # no checker frames, even outside IPython
+            line = err.report()
+        except Exception as err:  # noqa: BLE001 - a check must never stop Run All in student mode
+            if not _STUDENT_MODE:
+                raise
+            line = CheckFailed(
+                f"the check could not run on this answer: {_error_line(err)}"
+            ).report()
+        print(line)
+        return NotPassed(line)
+
+    run_check._mpcourse_check = True  # type: ignore[attr-defined]
+    return run_check
+
+
+def wrap_checks(namespace: dict[str, Any]) -> None:
+    """Wrap every ``check_*`` function of a namespace (``checks/__init__.py``'s globals)."""
+    for name, value in list(namespace.items()):
+        if name.startswith("check_") and callable(value):
+            namespace[name] = wrap_check(value)
+
+
+def _student_frame(tb: TracebackType | None) -> str:
+    """``line N: <code>`` of the innermost frame in the student's own code, or ''."""
+    found = ""
+    for frame, lineno in traceback.walk_tb(tb):
+        filename = str(Path(frame.f_code.co_filename).resolve())
+        if filename.startswith(_PACKAGE) or filename.startswith(_LIBRARIES):
+            continue
+        code = linecache.getline(frame.f_code.co_filename, lineno, frame.f_globals).strip()
+        found = f"line {lineno}: {code}" if code else f"line {lineno}"
+    return found
+
+
+def _error_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if len(text) > 80:
+        text = text[:77] + "..."
+    where = _student_frame(err.__traceback__)
+    return f"{type(err).__name__}: {text}" + (f" (at {where})" if where else "")
 
 
 def _short(value: Any) -> str:
@@ -65,10 +192,7 @@ def fail(message: str) -> None:
 def require_answer(answer: Any, what: str) -> None:
     """Fail with a helpful message if the exercise has not been answered yet."""
     if answer is None or answer is Ellipsis:
-        raise NotAnswered(
-            f"No answer yet: set {what} in the answer cell above (replace the "
-            "`raise NotImplementedError` line), run that cell, then run this check again."
-        )
+        raise NotAnswered(f"set {what} in the answer cell above, run it, then run this check.")
 
 
 def call_answer(fn: Callable, *args: Any, what: str) -> Any:
@@ -77,16 +201,31 @@ def call_answer(fn: Callable, *args: Any, what: str) -> Any:
         fail(f"{what} should be a function, but it is {_short(fn)}.")
     try:
         return fn(*args)
-    except NotImplementedError as err:
+    except NotImplementedError:
         raise NotAnswered(
-            f"{what} is not written yet ({str(err) or 'NotImplementedError'}): replace the "
-            "`raise NotImplementedError` line in the answer cell with your code."
+            f"{what} still raises NotImplementedError: write its body above, run it, then rerun."
         ) from None
     except CheckFailed:
         raise
     except Exception as err:  # noqa: BLE001 - report any bug in the student's code plainly
         args_text = ", ".join(_short(a) for a in args)
-        raise CheckFailed(f"{what}({args_text}) raised {type(err).__name__}: {err}") from err
+        if len(args_text) > 60:
+            args_text = args_text[:57] + "..."
+        raise CheckFailed(f"your {what}({args_text}) raised {_error_line(err)}") from err
+
+
+def uses_names(fn: Callable, names: set[str]) -> bool:
+    """Whether ``fn``'s code (nested functions included) refers to any of ``names``: lets a
+    check refuse an answer that merely calls the reference it was asked to write."""
+    codes = [getattr(fn, "__code__", None)]
+    while codes:
+        code = codes.pop()
+        if code is None:
+            continue
+        if names & (set(code.co_names) | set(code.co_freevars)):
+            return True
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return False
 
 
 def same_value(got: Any, expected: Any, *, rtol: float = 0.0, atol: float = 0.0) -> bool:

@@ -48,7 +48,9 @@ def check_autocast_categories(answer: dict[str, str]) -> bool:
             f"category of {op!r} under CUDA float16 autocast",
             hint=_HINTS[op],
         )
-    return passed(f"{truth} is what the installed torch's CUDA autocast does.")
+    return passed(
+        f"all {len(EXERCISE_OPS)} predictions match what the installed torch's CUDA autocast does."
+    )
 
 
 def check_safe_bce(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
@@ -90,7 +92,8 @@ def check_fp32_function(fn_cls: type) -> bool:
         fail(f"expected a torch.autograd.Function subclass, got {fn_cls!r}.")
     device = pick_device()
     low = amp_dtype(device)
-    x = torch.linspace(-3, 3, 7, device=device, requires_grad=True)
+    gen = torch.Generator().manual_seed(6)
+    x = (3 * torch.randn(37, generator=gen)).to(device).requires_grad_()
     with torch.autocast(device.type, dtype=low):
         y = call_answer(fn_cls.apply, x.to(low), what=f"{fn_cls.__name__}.apply")
     expect_equal(
@@ -100,6 +103,20 @@ def check_fp32_function(fn_cls: type) -> bool:
     )  # fmt: skip
     x_low = x.detach().to(low).float()
     expect_equal(y.detach().cpu(), F.softplus(x_low).cpu(), "values", atol=1e-6)
-    y.sum().backward()
-    expect_equal(x.grad.cpu(), torch.sigmoid(x_low).cpu(), "gradient", atol=1e-2)
-    return passed("forward ran in float32 under autocast and the gradient is sigmoid(x).")
+    # a random incoming gradient: a backward that ignores `grad` cannot pass
+    incoming = torch.randn(37, generator=gen).to(device)
+    y.backward(incoming)
+    want = (incoming * torch.sigmoid(x_low)).to(low).float()  # back through the cast to `low`
+    if torch.allclose(x.grad, torch.sigmoid(x_low).to(low).float(), rtol=1e-2, atol=1e-3):
+        fail(
+            "your backward ignores the incoming gradient `grad`: it must return "
+            "grad * sigmoid(x) (the chain rule), not sigmoid(x) alone."
+        )
+    expect_equal(
+        x.grad.cpu(), want.cpu(), "gradient for a random incoming gradient g", rtol=1e-2,
+        atol=1e-3, hint="return grad * torch.sigmoid(x), with x saved in forward.",
+    )  # fmt: skip
+    return passed(
+        "forward ran in float32 under autocast, and backward applies the chain rule: "
+        "g * sigmoid(x) for a random incoming gradient g."
+    )

@@ -96,6 +96,41 @@ def check_e4m3_max(answer: float) -> bool:
     )
 
 
+def check_e4m3fnuz_max(answer: float) -> bool:
+    """Check the largest value of FP8 E4M3FNUZ (AMD MI300's variant), derived from its layout.
+
+    A format the chapter did not show: bias 8 (not 7), no infinities, and a single NaN,
+    the pattern ``1 0000 000`` (so no negative zero), so every other pattern is a number.
+    The expected value is read from ``torch.finfo(torch.float8_e4m3fnuz)``.
+    """
+    require_answer(answer, "`answer`")
+    if not isinstance(answer, (int, float)) or isinstance(answer, bool):
+        fail(f"answer should be a number, got {answer!r}.")
+    expected = float(torch.finfo(torch.float8_e4m3fnuz).max)
+    mistakes = {
+        448.0: "448 is OCP E4M3 (bias 7, 0 1111 111 is NaN); FNUZ has bias 8 and its NaN is "
+        "1 0000 000, so 0 1111 111 is a number.",
+        480.0: "480 = 1.875 * 2^8 uses bias 7; E4M3FNUZ's bias is 8.",
+        224.0: "224 = 1.75 * 2^7 keeps 111 as NaN; in FNUZ the only NaN is 1 0000 000, so "
+        "the top mantissa 111 is usable.",
+        120.0: "120 = 1.875 * 2^6 reserves the all-ones exponent for inf/NaN as IEEE does; FNUZ "
+        "has no infinities: exponent 1111 holds numbers.",
+        57344.0: "57344 is E5M2's max: this format has 4 exponent and 3 mantissa bits.",
+    }
+    if answer in mistakes:
+        fail(mistakes[answer])
+    expect_equal(
+        answer,
+        expected,
+        "FP8 E4M3FNUZ's largest value",
+        hint="bias 8, largest exponent 15 - 8 = 7, largest mantissa 111 = 7/8.",
+    )
+    return passed(
+        "your value equals torch.finfo(torch.float8_e4m3fnuz).max: a different bias and NaN "
+        "convention give a different max from the same 8 bits."
+    )
+
+
 TOY = FloatFormat(3, 2, "E3M2")
 
 

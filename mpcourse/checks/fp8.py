@@ -12,6 +12,7 @@ from ..fp8 import DelayedScaling, compute_scale
 from ._core import (
     CheckFailed,
     NotAnswered,
+    _short,
     call_answer,
     expect_equal,
     fail,
@@ -46,8 +47,8 @@ def check_bf16_smallest_update(answer: float) -> bool:
     )
     assert (one + expected).bfloat16() != one.bfloat16()  # the claim, checked in torch
     return passed(
-        f"1 + 2^-7 = {1 + expected} is the next bf16 after 1: an update of 2^-8 "
-        "(or less) to a weight of 1.0 is rounded away."
+        "that is the smallest power of two that still moves a bf16 weight of 1.0; every "
+        "smaller update to it is rounded away."
     )
 
 
@@ -288,4 +289,67 @@ def check_delayed_scales(
     return passed(
         f"delayed_scales reproduces mpcourse.fp8.DelayedScaling on {len(cases)} amax "
         "sequences: a spike saturates its own step and lowers the scale for history_len steps."
+    )
+
+
+def _splitk_reference(
+    a: torch.Tensor, b: torch.Tensor, splits: int, *, partial_sum: str = "bf16"
+) -> torch.Tensor:
+    """Split-K with a 16-bit reduction: FP32 inside each chunk, BF16 partials added in BF16.
+    ``partial_sum="fp32"`` adds the BF16 partials in FP32 (one rounding at the end)."""
+    a16, b16 = a.bfloat16().float(), b.bfloat16().float()
+    chunk = a.shape[1] // splits
+    parts = [
+        (a16[:, i * chunk : (i + 1) * chunk] @ b16[i * chunk : (i + 1) * chunk]).bfloat16()
+        for i in range(splits)
+    ]
+    if partial_sum == "fp32":
+        return sum(p.float() for p in parts).bfloat16().float()
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total.float()
+
+
+def check_splitk_bf16_matmul(splitk_bf16_matmul: Callable) -> bool:
+    """Check ``splitk_bf16_matmul(a, b, splits)``: BF16 inputs, FP32 inside each of ``splits``
+    chunks of k, each partial rounded to BF16 and the partials added in BF16, on hidden shapes."""
+    require_answer(splitk_bf16_matmul, "`splitk_bf16_matmul`")
+    gen = torch.Generator().manual_seed(8)
+    for m, k, n, splits in ((5, 96, 7, 3), (16, 512, 9, 8), (3, 40, 4, 5), (8, 1024, 8, 16)):
+        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+        args = f"a {m}x{k}, b {k}x{n}, splits={splits}"
+        got = call_answer(
+            splitk_bf16_matmul, a.clone(), b.clone(), splits, what="splitk_bf16_matmul"
+        )
+        if not isinstance(got, torch.Tensor) or got.shape != (m, n):
+            fail(f"with {args}: return a float32 tensor of shape ({m}, {n}), got {_short(got)}.")
+        got = got.float()
+        want = _splitk_reference(a, b, splits)
+        # the FP32 sums inside a chunk may be added in another order: allow rare 1-ulp flips
+        if (got == want).float().mean() >= 0.97:
+            continue
+
+        def close(ref: torch.Tensor, got: torch.Tensor = got) -> bool:
+            return bool((got == ref).float().mean() >= 0.97)
+
+        if close((a.bfloat16().float() @ b.bfloat16().float()).bfloat16().float()):
+            fail(
+                f"with {args}: this is a full FP32 reduction rounded once; split k into {splits} "
+                "chunks and round each partial to BF16."
+            )
+        if close(_splitk_reference(a, b, splits, partial_sum="fp32")):
+            fail(
+                f"with {args}: you added the BF16 partials in FP32; add them in BF16, rounding "
+                "after each addition."
+            )
+        if close((a @ b).bfloat16().float()):
+            fail(f"with {args}: round the inputs to BF16 first, and split k into {splits} chunks.")
+        fail(
+            f"with {args}: the result differs from a split-K BF16 reduction in "
+            f"{(got != want).float().mean():.0%} of the outputs."
+        )
+    return passed(
+        "your GEMM reduces split-K partials in BF16, as cuBLAS may with reduced-precision "
+        "reduction on."
     )

@@ -9,7 +9,7 @@ import torch
 
 from ..hooks import flushed_share
 from ..numerics import update_survives
-from ._core import call_answer, expect_equal, fail, passed, require_answer
+from ._core import call_answer, expect_equal, fail, passed, require_answer, uses_names
 
 __all__ = [
     "check_update_survives",
@@ -311,63 +311,77 @@ def check_adam_eps(answer: float) -> bool:
         rtol=1e-9,
         hint="FP16 flushes values <= 2^-25 (about 3e-8) to zero; try torch.tensor(x).half().",
     )
-    return passed("1e-7 is the smallest power of ten FP16 keeps (as 1.19e-7, a subnormal).")
+    return passed("that is the smallest power of ten FP16 keeps (as a subnormal).")
 
 
-def _adam_first_step_finite(g: torch.Tensor) -> torch.Tensor:
+def _adam_first_step_finite(
+    g: torch.Tensor, beta2: float = 0.999, eps: float = 1e-8
+) -> torch.Tensor:
     """Where one pure-FP16 ``torch.optim.Adam`` step with gradient ``g`` leaves ``w`` finite."""
     p = torch.nn.Parameter(torch.full_like(g, 0.1))
     p.grad = g.clone()
-    torch.optim.Adam([p], lr=1e-3, foreach=False).step()
+    torch.optim.Adam([p], lr=1e-3, betas=(0.9, beta2), eps=eps, foreach=False).step()
     return torch.isfinite(p.detach())
 
 
-def check_adam_survivors(survivors: Callable[[torch.Tensor], torch.Tensor]) -> bool:
-    """``survivors(g)``: a bool tensor, True where a first pure-FP16 Adam step leaves ``w`` finite.
+def check_adam_survivors(survivors: Callable[[torch.Tensor, float, float], torch.Tensor]) -> bool:
+    """``survivors(g, beta2, eps)``: a bool tensor, True where a first pure-FP16 Adam step
+    (``torch.optim.Adam(lr=1e-3, betas=(0.9, beta2), eps=eps)``) leaves ``w`` finite.
 
-    The reference is a real step of ``torch.optim.Adam(lr=1e-3)`` (default
-    ``eps=1e-8``, betas ``(0.9, 0.999)``) on FP16 weights. Gradients within 3%
-    of the threshold ``sqrt(2^-25 / 0.001) ~ 5.46e-3`` are left out, so that a
-    derivation that rounds slightly differently from torch still passes.
-    Wrong answers are diagnosed: a threshold on ``g`` itself, ``g^2`` without
-    the factor ``1 - beta2``, trusting ``eps``.
+    Checked on settings the chapter did not show: random ``beta2`` in
+    {0.99, 0.995, 0.999, 0.9999} and ``eps`` in {1e-8, 1e-7, 1e-4} (1e-8 is 0 in FP16, the
+    other two are not), against a real step. Gradients within 3% of the threshold
+    ``sqrt(2^-25 / (1 - beta2))`` are left out, so that a derivation that rounds slightly
+    differently from torch still passes. An answer that runs an optimizer is refused (the
+    exercise is to derive it). Wrong answers are diagnosed: a threshold on ``g`` itself,
+    ``g^2`` without the factor ``1 - beta2``, the chapter's 5.5e-3 reused for another beta2,
+    ``eps`` ignored or trusted.
     """
     require_answer(survivors, "`survivors`")
+    if uses_names(survivors, {"Adam", "AdamW", "optim"}):
+        fail("survivors runs an optimizer; derive it from v = (1 - beta2) g^2 and eps instead.")
     gen = torch.Generator().manual_seed(5)
-    sizes = torch.exp2(torch.empty(2000).uniform_(-20, 0, generator=gen))
-    signs = torch.where(torch.rand(2000, generator=gen) < 0.5, -1.0, 1.0)
-    g = sizes * signs
-    threshold = math.sqrt(2.0**-25 / 1e-3)
-    g = g[(g.abs() - threshold).abs() > 0.03 * threshold]
-    g[::10] = 0.0
-    cases = {
-        "[0, 1e-4, 1e-3, 5e-3, 6e-3, 1e-2, -1e-2, 0.5]": torch.tensor(
-            [0.0, 1e-4, 1e-3, 5e-3, 6e-3, 1e-2, -1e-2, 0.5]
-        ),
-        f"{g.numel()} random FP16 gradients between 2^-20 and 1, one in ten exactly 0": g,
-    }
-    for text, values in cases.items():
-        g16 = values.half()
-        where = f"survivors({text})"
-        got = call_answer(survivors, g16.clone(), what="survivors")
+    settings = [(0.999, 1e-8)]  # the chapter's case first, then unseen ones
+    beta2s, epss = (0.99, 0.995, 0.999, 0.9999), (1e-8, 1e-7, 1e-4)
+    while len(settings) < 5:
+        pick = (
+            beta2s[int(torch.randint(4, (1,), generator=gen))],
+            epss[int(torch.randint(3, (1,), generator=gen))],
+        )
+        if pick not in settings:
+            settings.append(pick)
+    settings.append((0.99, 1e-4))  # an eps that FP16 keeps: nothing breaks
+    for beta2, eps in settings:
+        sizes = torch.exp2(torch.empty(2000).uniform_(-20, 0, generator=gen))
+        signs = torch.where(torch.rand(2000, generator=gen) < 0.5, -1.0, 1.0)
+        g = sizes * signs
+        threshold = math.sqrt(2.0**-25 / (1 - beta2))
+        g = g[(g.abs() - threshold).abs() > 0.03 * threshold]
+        g[::10] = 0.0
+        g16 = g.half()
+        where = (
+            f"survivors(g, beta2={beta2}, eps={eps:g}) with {g16.numel()} random FP16 "
+            "gradients between 2^-20 and 1, one in ten exactly 0"
+        )
+        got = call_answer(survivors, g16.clone(), beta2, eps, what="survivors")
         if not isinstance(got, torch.Tensor) or got.dtype != torch.bool:
             fail(f"{where} should return a bool tensor, got {_short_value(got)}.")
         if got.shape != g16.shape:
             fail(f"{where} returned shape {tuple(got.shape)}, expected {tuple(g16.shape)}.")
-        expected = _adam_first_step_finite(g16)
+        expected = _adam_first_step_finite(g16, beta2, eps)
         if torch.equal(got.cpu(), expected):
             continue
         wrong = (got.cpu() != expected).nonzero().flatten()
         first = int(wrong[0])
         gi = float(g16[first])
-        advice = _adam_diagnosis(g16, got.cpu())
+        advice = _adam_diagnosis(g16, got.cpu(), beta2, eps)
         fail(
             f"{where}: wrong for {len(wrong)} of {g16.numel()} gradients, e.g. g = {gi:.3g}: "
             f"expected {bool(expected[first])}, got {bool(got[first])}. Hint: {advice}"
         )
     return passed(
-        "survivors() predicts which weights one pure-FP16 Adam step leaves finite: "
-        "only those whose v = 0.001 g^2 is not 0 in FP16 (|g| above ~5.5e-3)."
+        f"survivors() matches a real pure-FP16 Adam step for {len(settings)} settings of beta2 "
+        "and eps, unseen ones included."
     )
 
 
@@ -377,21 +391,30 @@ def _short_value(x: object) -> str:
     return type(x).__name__
 
 
-def _adam_diagnosis(g16: torch.Tensor, got: torch.Tensor) -> str:
+def _adam_diagnosis(g16: torch.Tensor, got: torch.Tensor, beta2: float, eps: float) -> str:
     g = g16.float()
+    eps_kept = torch.tensor(eps).half().item() != 0
     guesses = {
-        "eps = 1e-8 does not help: it is 0 in FP16 (chapter 02), so sqrt(v) + eps is 0 "
-        "wherever v is 0.": torch.ones_like(got),
-        "the gradient itself fits in FP16; what underflows is v = (1 - beta2) g^2 = 0.001 g^2, "
+        "eps = 1e-8 is 0 in FP16 (chapter 02), so sqrt(v) + eps is 0 wherever v is 0.": (
+            torch.ones_like(got)
+        ),
+        "the gradient itself fits in FP16; what underflows is v = (1 - beta2) g^2, "
         "the second moment of the first step.": g != 0,
-        "g^2 alone is not Adam's v: at the first step v = (1 - beta2) g^2 = 0.001 g^2, and "
-        "that factor 0.001 moves the threshold up to |g| ~ 5.5e-3.": (g * g).half() != 0,
+        "g^2 alone is not Adam's v: at the first step v = (1 - beta2) g^2.": (g * g).half() != 0,
+        "5.5e-3 is the threshold for beta2 = 0.999 only: v = (1 - beta2) g^2 moves it.": (
+            g.abs() > 5.46e-3
+        ),
+        f"eps = {eps:g} is not 0 in FP16: sqrt(v) + eps > 0 everywhere, so no step divides "
+        "by zero.": ((1 - beta2) * g * g).half() != 0,
     }
+    if eps_kept:  # then ignoring eps is the likeliest mistake: name it first
+        guesses.pop("eps = 1e-8 is 0 in FP16 (chapter 02), so sqrt(v) + eps is 0 wherever v is 0.")
+        guesses = dict(reversed(list(guesses.items())))
     for advice, guess in guesses.items():
         if torch.equal(got, guess):
             return advice
     return (
-        "at the first step m = 0.1 g and v = 0.001 g^2, both stored in FP16, and eps is 0: "
-        "the update m_hat / sqrt(v_hat) is finite only where v is not 0 (where v is 0 it "
-        "is m/0 = inf, or 0/0 = NaN when m is 0 too)."
+        "at the first step m = 0.1 g and v = (1 - beta2) g^2 are stored in FP16, and so is eps: "
+        "the update m_hat / (sqrt(v_hat) + eps) is finite unless the denominator is 0 "
+        "(m/0 = inf, 0/0 = NaN)."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -138,7 +139,38 @@ def _update_cases() -> list[tuple]:
         (1.0, 0, False, 2.0, 0.5, 1),
         (2.0**127, 0, False, 2.0, 0.5, 1),  # 2^128 is inf in FP32: no growth
         (2.0**-10, 4, True, 2.0, 0.5, 5),
+        *_random_update_cases(),
     ]
+
+
+def _random_update_cases(n: int = 12) -> list[tuple]:
+    """Settings the chapter never shows: other factors, intervals and trackers (values
+    whose products are exact in FP32, so a plain float answer can match GradScaler)."""
+    gen = torch.Generator().manual_seed(55)
+
+    def pick(options: Sequence) -> object:
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    cases = []
+    for _ in range(n):
+        interval = int(torch.randint(1, 9, (1,), generator=gen))
+        tracker = int(torch.randint(0, interval, (1,), generator=gen))
+        scale = pick((1.0, 1.5, 3.0, 0.75)) * 2.0 ** int(
+            torch.randint(-20, 40, (1,), generator=gen)
+        )
+        found = bool(torch.rand(1, generator=gen) < 0.4)
+        cases.append(
+            (scale, tracker, found, pick((2.0, 4.0, 1.5)), pick((0.5, 0.25, 0.75)), interval)
+        )
+    return cases
+
+
+def _calls(fn: Callable, name: str) -> bool:
+    """Whether ``fn``'s source calls ``name`` (an answer that merely wraps the reference)."""
+    try:
+        return f"{name}(" in inspect.getsource(fn)
+    except (OSError, TypeError):
+        return False
 
 
 def _reference_update(s, t, found, gf, bf, gi) -> tuple[float, int]:
@@ -148,6 +180,8 @@ def _reference_update(s, t, found, gf, bf, gi) -> tuple[float, int]:
 def check_update_scale(update_scale: Callable) -> bool:
     """Check ``update_scale(scale, tracker, found_inf, growth, backoff, interval)``."""
     require_answer(update_scale, "`update_scale`")
+    if _calls(update_scale, "next_scale"):
+        fail("write the rule yourself: calling mpcourse.scaling.next_scale is the answer key.")
     for case in _update_cases():
         got = call_answer(update_scale, *case, what="update_scale")
         expected = _reference_update(*case)
@@ -226,43 +260,83 @@ def check_scale_trajectory(answer: Sequence[float]) -> bool:
                 "the count of clean steps at 0; the scale doubles when that count reaches "
                 "growth_interval=3 (and the count restarts)."
             )
-    return passed(f"the scale ends at {expected[-1]:g} (= 2^{int(math.log2(expected[-1]))}).")
+    return passed(
+        f"all {len(expected)} scales right: an overflow halves S and restarts the count of clean "
+        "steps; growth_interval clean steps in a row double it."
+    )
 
 
-def _reference_static_scale(max_abs_grad: float) -> float:
-    return 2.0 ** math.floor(math.log2(FP16_MAX / max_abs_grad))
+def _reference_static_scale(batch_max: Sequence[float], format_max: float, headroom: int) -> float:
+    """The largest power of two S with max(batch_max) * S * 2**headroom <= format_max."""
+    worst = max(batch_max)
+    k = math.floor(math.log2(format_max / worst)) - headroom
+    while worst * 2.0 ** (k + headroom) > format_max:  # guard the log against rounding
+        k -= 1
+    while worst * 2.0 ** (k + 1 + headroom) <= format_max:
+        k += 1
+    return 2.0**k
 
 
-def check_static_scale(choose_static_scale: Callable[[float], float]) -> bool:
-    """Check ``choose_static_scale(max_abs_grad)``: the largest power of two S with
-    ``max_abs_grad * S <= 65504``."""
+FORMAT_MAXES = {"FP16": 65504.0, "FP8 E5M2": 57344.0, "FP8 E4M3": 448.0}
+
+
+def _static_scale_cases() -> list[tuple[list[float], float, int, str]]:
+    gen = torch.Generator().manual_seed(5)
+    cases = [
+        ([1.0], 65504.0, 0, "FP16"),
+        ([0.01, 0.7, 0.02], 65504.0, 1, "FP16"),
+        ([448.0 / 2**10], 448.0, 0, "FP8 E4M3"),  # exactly at the boundary: <= is allowed
+        ([1.0e5], 65504.0, 0, "FP16"),  # above the format's max: S < 1
+    ]
+    for _ in range(8):
+        name = list(FORMAT_MAXES)[int(torch.randint(3, (1,), generator=gen))]
+        n = int(torch.randint(2, 7, (1,), generator=gen))
+        exps = torch.empty(n).uniform_(-25, 5, generator=gen)
+        batch_max = [float(2.0**e) for e in exps.tolist()]
+        batch_max.insert(0, min(batch_max))  # the first batch is never the largest
+        cases.append(
+            (batch_max, FORMAT_MAXES[name], int(torch.randint(0, 4, (1,), generator=gen)), name)
+        )
+    return cases
+
+
+def check_static_scale(choose_static_scale: Callable) -> bool:
+    """Check ``choose_static_scale(batch_max_grads, format_max, headroom)``: the largest power
+    of two S with ``max(batch_max_grads) * S * 2**headroom <= format_max``, on hidden cases
+    (FP16, FP8 E5M2 and E4M3; several batches; 0-3 binades of headroom)."""
     require_answer(choose_static_scale, "`choose_static_scale`")
-    cases = [1.0, 0.01, 3.0e-5, 65504.0, 2.0**-20, 0.7, 1000.0, 1.0e5]
-    for m in cases:
-        got = call_answer(choose_static_scale, m, what="choose_static_scale")
+    for batch_max, fmt_max, headroom, name in _static_scale_cases():
+        args = f"{len(batch_max)} batches, format_max={fmt_max:g} ({name}), headroom={headroom}"
+        got = call_answer(
+            choose_static_scale, list(batch_max), fmt_max, headroom, what="choose_static_scale"
+        )
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
         if isinstance(got, bool) or not isinstance(got, numbers.Real) or not got > 0:
-            fail(f"choose_static_scale({m!r}) should return a positive number, got {_short(got)}.")
+            fail(f"choose_static_scale({args}) should return a positive number, got {_short(got)}.")
         s = float(got)
-        mantissa, _ = math.frexp(s)
-        if mantissa != 0.5:
+        expected = _reference_static_scale(batch_max, fmt_max, headroom)
+        if s == expected:
+            continue
+        if math.frexp(s)[0] != 0.5:
+            fail(f"with {args}: {s:g} is not a power of two: use 2 ** k, so scaling is exact.")
+        if len(batch_max) > 1 and s == _reference_static_scale(batch_max[:1], fmt_max, headroom):
             fail(
-                f"choose_static_scale({m!r}) = {s:g} is not a power of two: use 2 ** k, so that "
-                "scaling and unscaling only change the exponent and are exact."
+                f"with {args}: you used the first batch only; S must fit the largest gradient of "
+                "all batches."
             )
-        if m * s > FP16_MAX:
-            fail(
-                f"choose_static_scale({m!r}) = {s:g} overflows: {m!r} * {s:g} = {m * s:g} > 65504. "
-                "Round the exponent down (floor), never up; for a gradient above 65504 the "
-                "scale is below 1."
-            )
-        if m * 2 * s <= FP16_MAX:
-            fail(
-                f"choose_static_scale({m!r}) = {s:g} is too small: {2 * s:g} also keeps "
-                f"{m!r} * S <= 65504. The scale should be the *largest* such power of two."
-            )
-        expect_equal(s, _reference_static_scale(m), f"choose_static_scale({m!r})")
+        if fmt_max != FP16_MAX and s == _reference_static_scale(batch_max, FP16_MAX, headroom):
+            fail(f"with {args}: you used FP16's 65504; use format_max ({fmt_max:g} for {name}).")
+        if headroom and s == _reference_static_scale(batch_max, fmt_max, 0):
+            fail(f"with {args}: no headroom left; S must keep g * S * 2**headroom <= format_max.")
+        if s == expected / 2 and max(batch_max) * expected * 2.0**headroom == fmt_max:
+            fail(f"with {args}: g * S may equal format_max exactly (<=, not <): {expected:g} fits.")
+        if max(batch_max) * s * 2.0**headroom > fmt_max:
+            fail(f"with {args}: S = {s:g} overflows; round the exponent down (floor), never up.")
+        fail(
+            f"with {args}: S = {s:g} is too small; the largest power of two that fits is "
+            f"{expected:g}."
+        )
     return passed(
-        "your scale is the largest power of two that keeps the largest gradient at or below 65504."
+        "your scale fits every batch, in FP16 and both FP8 formats, with the headroom asked for."
     )

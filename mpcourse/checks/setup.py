@@ -2,37 +2,71 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
 
-from ..device import amp_dtype, needs_grad_scaler
-from ._core import call_answer, expect_equal, fail, passed, require_answer
+from ..device import default_amp_dtype, needs_grad_scaler
+from ._core import call_answer, expect_equal, fail, passed, require_answer, uses_names
+
+GPUS = {  # compute capability -> an example GPU (NVIDIA's CUDA GPUs list)
+    (6, 1): "GTX 1080",
+    (7, 0): "V100",
+    (7, 5): "T4",
+    (8, 0): "A100",
+    (8, 6): "RTX 3090",
+    (8, 9): "L4",
+    (9, 0): "H100/H200",
+    (10, 0): "B200",
+    (12, 0): "RTX 5090",
+}
 
 
-def check_amp_choice(answer: dict) -> bool:
-    """``answer`` maps "cpu"/"cuda" to (autocast dtype, needs a GradScaler?)."""
-    require_answer(answer, "`answer`")
-    if not isinstance(answer, dict) or set(answer) != {"cpu", "cuda"}:
-        fail(f"answer should be a dict with the keys 'cpu' and 'cuda', got {answer!r}.")
-    for device_type, choice in answer.items():
+def check_amp_choice(amp_choice: Callable[[str, tuple[int, int] | None], tuple]) -> bool:
+    """``amp_choice(device_type, capability)`` -> ``(autocast dtype, needs a GradScaler?)``.
+
+    Checked on GPUs the chapter did not list (in random order) and the CPU
+    (``capability=None``), against the course's rule: BF16 without a scaler where the GPU
+    computes BF16 natively (compute capability 8.0 and newer), FP16 with a GradScaler on
+    older GPUs, BF16 without a scaler on the CPU. An answer that asks
+    :mod:`mpcourse.device` is refused: the exercise is to state the rule.
+    """
+    require_answer(amp_choice, "`amp_choice`")
+    if uses_names(amp_choice, {"amp_dtype", "default_amp_dtype", "bf16_native"}):
+        fail("amp_choice asks mpcourse.device; write the rule itself (capability -> dtype).")
+    gen = torch.Generator().manual_seed(random.randrange(2**31))  # a new order every run
+    cases: list[tuple[str, tuple[int, int] | None]] = [("cpu", None)]
+    order = torch.randperm(len(GPUS), generator=gen).tolist()
+    cases += [("cuda", list(GPUS)[i]) for i in order]
+    for device_type, capability in cases:
+        name = (
+            "the CPU"
+            if capability is None
+            else f"a {GPUS[capability]} (sm_{capability[0]}{capability[1]})"
+        )
+        choice = call_answer(amp_choice, device_type, capability, what="amp_choice")
         if not (isinstance(choice, (tuple, list)) and len(choice) == 2):
-            fail(f"answer[{device_type!r}] should be a pair (dtype, needs_scaler), got {choice!r}.")
+            fail(
+                f"amp_choice({device_type!r}, {capability}) should return (dtype, needs_scaler), "
+                f"got {choice!r}."
+            )
         dtype, scaler = choice
-        expected = amp_dtype(torch.device(device_type))
-        expect_equal(
-            dtype,
-            expected,
-            f"the autocast dtype on {device_type}",
-            hint="see mpcourse.device.amp_dtype",
-        )
-        expect_equal(
-            bool(scaler),
-            needs_grad_scaler(expected),
-            f"whether {device_type} training with {expected} needs a GradScaler",
-            hint="float16's range is narrow (loss scaling needed); bfloat16 has FP32's range.",
-        )
-    return passed("float16 + GradScaler on CUDA, bfloat16 without a scaler on the CPU.")
+        native = capability is None or capability >= (8, 0)
+        expected = default_amp_dtype(device_type, native)
+        if dtype != expected:
+            hint = (
+                "BF16 is native from compute capability 8.0 (Ampere) on; older GPUs emulate it."
+                if device_type == "cuda"
+                else "FP16 autocast runs on a CPU but is slow there; the CPU's dtype is BF16."
+            )
+            fail(f"on {name} the course uses {expected} autocast, you chose {dtype}. {hint}")
+        if bool(scaler) != needs_grad_scaler(expected):
+            fail(
+                f"on {name} with {expected}: needs a GradScaler is {needs_grad_scaler(expected)}, "
+                f"you said {bool(scaler)}. FP16's range needs loss scaling; BF16 has FP32's range."
+            )
+    return passed(f"right for the CPU and {len(GPUS)} GPU generations, in random order.")
 
 
 def check_nbytes(nbytes: Callable[[torch.Tensor], int]) -> bool:

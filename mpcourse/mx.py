@@ -1,0 +1,411 @@
+"""Block-scaled low-bit formats from their bits: MX (OCP v1.0), NVFP4, FP8 1x128 / 128x128.
+
+One scale for a whole tensor wastes range: a single outlier sets it, and every
+other value is squeezed towards zero. Block formats give each small block of
+consecutive values its own scale.
+
+* **MX** (OCP Microscaling Formats v1.0): blocks of ``k = 32`` values share
+  one E8M0 scale, a pure power of two $X = 2^{\\lfloor\\log_2 a\\rfloor - e_{max}}$
+  where $a = \\max_i |v_i|$ is the block's amax and $e_{max}$ the exponent of
+  the element format's largest power of two (E4M3: 8, E5M2: 15, E2M3: 2,
+  E3M2: 4, E2M1: 2); each element is $P_i = \\mathrm{round}(v_i / X)$ in the
+  element format, saturating at $\\pm$max. MXFP8/MXFP6/MXFP4 = these elements.
+* **E8M0**: 8 exponent bits, no sign, no mantissa: $2^{e - 127}$ for
+  $e = 0..254$, and $e = 255$ is NaN. It can only hold powers of two.
+* **NVFP4**: blocks of 16 FP4 (E2M1) values with an E4M3 scale
+  $\\mathrm{e4m3}(a / 6)$ (not a power of two), and, optionally, one FP32 scale
+  for the tensor, $s_t = \\max|x| / (448 \\cdot 6)$, that brings the block
+  scales into E4M3's range.
+* **FP8 block scaling** (DeepSeek-V3): E4M3 values with an FP32 scale per
+  1x128 tile (activations) or 128x128 block (weights): $s = 448 / a$,
+  $q = \\mathrm{e4m3}(x s)$, value $q / s$.
+
+Every quantizer here is vectorised (one reshape, no loop over blocks) and is
+tested bit for bit against torchao's reference quantizers (``to_mx`` with the
+FLOOR scale mode, ``nvfp4_quantize``, the blockwise FP8 training references).
+
+Taught in course/14_microscaling.ipynb.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple
+
+import torch
+
+from .formats import FP4_E2M1, FP6_E2M3, FP8_E4M3, MX_ELEMENT_FORMATS, FloatFormat, round_to
+from .fp8 import compute_scale, fake_quantize
+
+__all__ = [
+    "E8M0_BIAS",
+    "e8m0_encode",
+    "e8m0_decode",
+    "element_emax",
+    "mx_quantize",
+    "mx_dequantize",
+    "mx_fake_quantize",
+    "NVFP4",
+    "nvfp4_quantize",
+    "nvfp4_dequantize",
+    "nvfp4_fake_quantize",
+    "fp8_block_quantize",
+    "fp8_block_dequantize",
+    "fp8_block_fake_quantize",
+    "METHODS",
+    "fake_quantize_as",
+    "relative_error",
+    "import_torchao_mx",
+]
+
+E8M0_BIAS = 127
+_NAMES = ", ".join(f.name for f in MX_ELEMENT_FORMATS)
+
+
+# --- E8M0: the scale format --------------------------------------------------------------
+
+
+def _float_tensor(x: object, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} needs a floating-point tensor (float32, bfloat16, float16), got dtype "
+            f"{x.dtype}: convert with x.float() first"
+        )
+    if x.dim() == 0:
+        raise ValueError(f"{what} needs at least one dimension (blocks run along the last one)")
+    return x.float()
+
+
+def _floor_log2(a: torch.Tensor) -> torch.Tensor:
+    """$\\lfloor\\log_2 a\\rfloor$ of positive finite float32 values, exactly (int64)."""
+    _, e = torch.frexp(a)
+    return e.to(torch.int64) - 1
+
+
+def e8m0_encode(x: torch.Tensor) -> torch.Tensor:
+    """The E8M0 code (uint8) of each float: the nearest power of two, $e + 127$.
+
+    $x = m \\cdot 2^e$ with $1 \\le m < 2$ becomes $2^e$, or $2^{e+1}$ when
+    $m \\ge 1.5$ (a tie goes up: no mantissa bit is left to be even); codes below
+    0 become 0 ($2^{-127}$: E8M0 has no zero), codes above 254, zero, negative
+    numbers, inf and NaN become 255 (NaN). Equals ml_dtypes' ``float8_e8m0fnu``
+    cast for every float32. A power of two in range is encoded exactly.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    x = _float_tensor(x, "e8m0_encode")
+    ok = torch.isfinite(x) & (x > 0)
+    safe = torch.where(ok, x, torch.ones_like(x))
+    e = _floor_log2(safe)
+    mantissa = safe.double() / torch.exp2(e.double())
+    code = e + E8M0_BIAS + (mantissa >= 1.5).to(torch.int64)
+    code = torch.where(ok, code.clamp(min=0), torch.full_like(code, 255))
+    return torch.where(code > 254, torch.full_like(code, 255), code).to(torch.uint8)
+
+
+def e8m0_decode(codes: torch.Tensor) -> torch.Tensor:
+    """What E8M0 codes mean, as float32: $2^{code - 127}$, and NaN for 255.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"e8m0_decode needs a uint8 tensor of codes, got {got}")
+    value = torch.exp2(codes.double() - E8M0_BIAS)
+    return torch.where(codes == 255, math.nan, value).float()
+
+
+# --- MX -----------------------------------------------------------------------------------
+
+
+def element_emax(fmt: FloatFormat) -> int:
+    """$e_{max}$ of an MX element format: the exponent of its largest power of two.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    return _check_element(fmt).emax
+
+
+def _check_element(fmt: object) -> FloatFormat:
+    if not any(fmt is f for f in MX_ELEMENT_FORMATS):
+        raise ValueError(
+            f"unknown MX element format {fmt!r}: use one of {_NAMES} from mpcourse.formats"
+        )
+    return fmt  # type: ignore[return-value]
+
+
+def _blocks(x: torch.Tensor, block_size: object, what: str) -> torch.Tensor:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"{what}: block_size must be a positive int, got {block_size!r}")
+    if x.shape[-1] % block_size:
+        raise ValueError(
+            f"{what}: the last dimension ({x.shape[-1]}) of shape {tuple(x.shape)} must be "
+            f"divisible by block_size {block_size}; pad it with zeros first"
+        )
+    return x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+
+
+def mx_quantize(
+    x: torch.Tensor, elem_fmt: FloatFormat, block_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MX-quantize ``x`` in blocks of ``block_size`` along its last dimension: ``(scale, q)``.
+
+    ``scale`` (float32, shape ``x.shape[:-1] + (n_blocks,)``) is
+    $X = 2^{\\lfloor\\log_2 a\\rfloor - e_{max}}$ clamped to E8M0's range
+    $[2^{-127}, 2^{127}]$; ``q`` (float32, ``x``'s shape) is
+    ``round_to(x / X, elem_fmt, saturate=True)``, so ``q * X`` approximates ``x``.
+
+    Edge blocks: all zeros give $X = 2^{-127}$ and zeros (signs kept); a block
+    whose amax is tiny (float32-subnormal included) gets the smallest scale
+    $2^{-127}$ and its elements round as they can; a NaN makes the block's
+    scale NaN (E8M0's code 255) and its elements NaN; an inf counts as
+    $a = 2^{128}$ (float32's all-ones exponent, what torchao reads), so
+    $X = 2^{128 - e_{max}}$, the inf saturates to $\\pm$max (which
+    :func:`mx_dequantize` turns back into $\\pm\\infty$: $max \\cdot X$
+    overflows float32) and the finite values of the block flush to zero.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    fmt = _check_element(elem_fmt)
+    xb = _blocks(_float_tensor(x, "mx_quantize"), block_size, "mx_quantize")
+    amax = xb.abs().amax(dim=-1)  # NaN if the block holds a NaN
+    positive = torch.isfinite(amax) & (amax > 0)
+    e = _floor_log2(torch.where(positive, amax, torch.ones_like(amax)))
+    e = torch.where(torch.isinf(amax), 128, e)
+    e = torch.where(amax == 0, -E8M0_BIAS, e)  # no power of two below: the smallest scale
+    unbiased = (e - fmt.emax).clamp(-E8M0_BIAS, E8M0_BIAS)
+    scale = torch.exp2(unbiased.double()).float()  # exact, 2^-127 included (float32 subnormal)
+    scale = torch.where(torch.isnan(amax), math.nan, scale)
+    q = round_to(xb / scale.unsqueeze(-1), fmt, saturate=True)
+    return scale, q.reshape(x.shape)
+
+
+def mx_dequantize(scale: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The values an MX tensor means: ``q * scale``, each scale broadcast over its block.
+
+    The block size is ``q.shape[-1] // scale.shape[-1]``.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    scale = _float_tensor(scale, "mx_dequantize (scale)")
+    q = _float_tensor(q, "mx_dequantize (q)")
+    if q.shape[:-1] != scale.shape[:-1] or q.shape[-1] % scale.shape[-1]:
+        raise ValueError(
+            f"mx_dequantize: scale of shape {tuple(scale.shape)} does not fit q of shape "
+            f"{tuple(q.shape)}: expected q.shape[:-1] + (n_blocks,) with n_blocks dividing "
+            "q.shape[-1]"
+        )
+    qb = _blocks(q, q.shape[-1] // scale.shape[-1], "mx_dequantize")
+    return (qb * scale.unsqueeze(-1)).reshape(q.shape)
+
+
+def mx_fake_quantize(x: torch.Tensor, elem_fmt: FloatFormat, block_size: int = 32) -> torch.Tensor:
+    """Round trip through MX: ``mx_dequantize(*mx_quantize(x, elem_fmt, block_size))``.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    return mx_dequantize(*mx_quantize(x, elem_fmt, block_size))
+
+
+# --- NVFP4 --------------------------------------------------------------------------------
+
+
+class NVFP4(NamedTuple):
+    """An NVFP4 tensor: FP32 tensor scale, E4M3 block scales (one per 16), E2M1 values.
+
+    Its value is ``q * (tensor_scale * block_scale)``, block scale broadcast
+    over its 16 elements. All three are float32 tensors holding exact values of
+    their formats. Taught in course/14_microscaling.ipynb.
+    """
+
+    tensor_scale: torch.Tensor
+    block_scale: torch.Tensor
+    q: torch.Tensor
+
+
+_E4M3_TINY = FP8_E4M3.min_normal  # torchao clamps block scales to [2^-6, 448]
+
+
+def nvfp4_quantize(x: torch.Tensor, *, tensor_scale: bool = True) -> NVFP4:
+    """Quantize ``x`` to NVFP4, blocks of 16 along the last dimension.
+
+    With $s_t = \\max|x| / (448 \\cdot 6)$ (or $s_t = 1$ when
+    ``tensor_scale=False``, or when ``x`` is all zeros), each block with amax
+    $a$ gets $s_b = \\mathrm{e4m3}(\\mathrm{clamp}(a / 6 / s_t, 2^{-6}, 448))$ and
+    its elements $q = \\mathrm{e2m1}(\\mathrm{clamp}(x \\cdot ((1/s_t)/s_b), \\pm 6))$.
+    The float32 operations are torchao's ``nvfp4_quantize``, in its order, so
+    the result is bit-identical. A NaN anywhere makes the tensor scale (and so
+    everything) NaN; an inf makes the tensor scale inf and the result NaN.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    xb = _blocks(_float_tensor(x, "nvfp4_quantize"), 16, "nvfp4_quantize")
+    block = xb.abs().amax(dim=-1) / 6.0
+    if tensor_scale:
+        ts = x.detach().float().abs().amax() / (448.0 * 6.0)
+        ts = torch.where(ts == 0, torch.ones_like(ts), ts)
+        sb = round_to((block / ts).clamp(_E4M3_TINY, 448.0), FP8_E4M3)
+        reciprocal = (1.0 / ts) / sb
+    else:
+        ts = torch.ones((), dtype=torch.float32, device=x.device)
+        sb = round_to(block.clamp(_E4M3_TINY, 448.0), FP8_E4M3)
+        reciprocal = 1.0 / sb
+    q = round_to((xb * reciprocal.unsqueeze(-1)).clamp(-6.0, 6.0), FP4_E2M1)
+    return NVFP4(ts, sb, q.reshape(x.shape))
+
+
+def nvfp4_dequantize(t: NVFP4) -> torch.Tensor:
+    """``q * (tensor_scale * block_scale)``, as torchao's ``NVFP4Tensor.dequantize``.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    if not isinstance(t, NVFP4):
+        raise TypeError(f"nvfp4_dequantize needs the NVFP4 from nvfp4_quantize, got {type(t)}")
+    qb = _blocks(t.q, 16, "nvfp4_dequantize")
+    return (qb * (t.tensor_scale * t.block_scale).unsqueeze(-1)).reshape(t.q.shape)
+
+
+def nvfp4_fake_quantize(x: torch.Tensor, *, tensor_scale: bool = True) -> torch.Tensor:
+    """Round trip through NVFP4. Taught in course/14_microscaling.ipynb."""
+    return nvfp4_dequantize(nvfp4_quantize(x, tensor_scale=tensor_scale))
+
+
+# --- FP8 with 1x128 / 128x128 block scales (DeepSeek-V3) ------------------------------------
+
+
+def _tiles(x: torch.Tensor, tile: object) -> tuple[torch.Tensor, int, int]:
+    if (
+        not isinstance(tile, tuple)
+        or len(tile) != 2
+        or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in tile)
+    ):
+        raise ValueError(f"tile must be a pair of positive ints such as (1, 128), got {tile!r}")
+    if x.dim() != 2:
+        raise ValueError(f"FP8 block scaling needs a 2-D tensor, got shape {tuple(x.shape)}")
+    (m, k), (tm, tk) = x.shape, tile
+    if m % tm or k % tk:
+        raise ValueError(
+            f"shape {tuple(x.shape)} is not divisible into {tm}x{tk} tiles; pad it with zeros"
+        )
+    return x.reshape(m // tm, tm, k // tk, tk).transpose(1, 2), tm, tk
+
+
+def fp8_block_quantize(
+    x: torch.Tensor, tile: tuple[int, int] = (1, 128), eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 with one FP32 scale per tile of a 2-D tensor: ``(scale, q)``, value ``q * scale``.
+
+    Per tile with amax $a$: $s = \\mathrm{fp32}(448 / \\max(a, \\epsilon))$ (computed
+    in float64, as torchao does), $q = \\mathrm{e4m3}(\\mathrm{clamp}(x s, \\pm 448))$,
+    and the returned ``scale`` is $1 / s$, shape ``(M / tile[0], K / tile[1])``.
+    DeepSeek-V3 uses ``(1, 128)`` for activations and ``(128, 128)`` for weights.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    t, _, _ = _tiles(_float_tensor(x, "fp8_block_quantize"), tile)
+    amax = t.abs().amax(dim=(-2, -1)).double().clamp(min=eps)
+    s = (FP8_E4M3.max / amax).float()
+    q = round_to((t * s[..., None, None]).clamp(-FP8_E4M3.max, FP8_E4M3.max), FP8_E4M3)
+    return 1.0 / s, q.transpose(1, 2).reshape(x.shape)
+
+
+def fp8_block_dequantize(
+    scale: torch.Tensor, q: torch.Tensor, tile: tuple[int, int] = (1, 128)
+) -> torch.Tensor:
+    """``q * scale`` with each tile's scale broadcast over its tile.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    t, _, _ = _tiles(_float_tensor(q, "fp8_block_dequantize"), tile)
+    if tuple(scale.shape) != tuple(t.shape[:2]):
+        raise ValueError(
+            f"scale of shape {tuple(scale.shape)} does not fit {tuple(q.shape)} in {tile} tiles"
+        )
+    return (t * scale.float()[..., None, None]).transpose(1, 2).reshape(q.shape)
+
+
+def fp8_block_fake_quantize(x: torch.Tensor, tile: tuple[int, int] = (1, 128)) -> torch.Tensor:
+    """Round trip through block-scaled FP8. Taught in course/14_microscaling.ipynb."""
+    return fp8_block_dequantize(*fp8_block_quantize(x, tile), tile)
+
+
+# --- comparing the schemes ---------------------------------------------------------------------
+
+METHODS = ("fp8 per-tensor", "fp8 128x128", "fp8 1x128", "mxfp8", "mxfp6", "mxfp4", "nvfp4")
+
+
+def fake_quantize_as(x: torch.Tensor, method: str) -> torch.Tensor:
+    """Round trip of a 2-D tensor through one of :data:`METHODS` (E4M3 unless named).
+
+    ``"fp8 per-tensor"``: :func:`mpcourse.fp8.fake_quantize` with the scale
+    $448/\\max|x|$; ``"fp8 128x128"``/``"fp8 1x128"``: :func:`fp8_block_fake_quantize`;
+    ``"mxfp8"``/``"mxfp6"``/``"mxfp4"``: :func:`mx_fake_quantize` with E4M3 / E2M3 / E2M1
+    elements; ``"nvfp4"``: :func:`nvfp4_fake_quantize`. The tensor is zero-padded
+    to whole blocks first (zeros change no amax) and cropped after.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    x = _float_tensor(x, "fake_quantize_as")
+    if x.dim() != 2:
+        raise ValueError(f"fake_quantize_as needs a 2-D tensor, got shape {tuple(x.shape)}")
+    m, k = x.shape
+    rows = 128 if method == "fp8 128x128" else 1
+    cols = 128 if method.startswith("fp8 1") else 32
+    p = torch.nn.functional.pad(x, (0, (-k) % cols, 0, (-m) % rows))
+    if method == "fp8 per-tensor":
+        a = float(x.abs().max())
+        y = fake_quantize(p, FP8_E4M3, compute_scale(a, FP8_E4M3))
+    elif method.startswith("fp8"):
+        y = fp8_block_fake_quantize(p, (rows, 128))
+    elif method == "nvfp4":
+        y = nvfp4_fake_quantize(p)
+    else:
+        fmt = {"mxfp8": FP8_E4M3, "mxfp6": FP6_E2M3, "mxfp4": FP4_E2M1}[method]
+        y = mx_fake_quantize(p, fmt)
+    return y[:m, :k]
+
+
+def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
+    """Relative error $\\lVert \\hat x - x \\rVert_2 / \\lVert x \\rVert_2$.
+
+    The signal-to-noise ratio in dB is $-20\\log_{10}$ of it.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    x64, a64 = x.double(), approx.double()
+    return float((a64 - x64).norm() / x64.norm())
+
+
+# --- torchao, imported quietly ----------------------------------------------------------------
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(f in text for f in self.fragments)
+
+
+def import_torchao_mx() -> tuple[object, object]:
+    """torchao's ``mx_tensor`` and ``nvfp4_tensor`` modules (the references this module equals).
+
+    torchao logs two kinds of known, harmless messages on import on a CPU-only
+    machine: its CUDA extensions (``_C*.so``) fail to load, and torch's pytree
+    warns that torchao registers Enum classes. Exactly those messages are
+    filtered at their loggers; anything else still shows.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    logging.getLogger("torchao").addFilter(_DropMessages("Failed to load", "Skipping import of"))
+    logging.getLogger("torch.utils._pytree").addFilter(_DropMessages("is an Enum subclass"))
+    from torchao.prototype.mx_formats import mx_tensor, nvfp4_tensor
+
+    return mx_tensor, nvfp4_tensor

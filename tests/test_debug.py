@@ -1,0 +1,319 @@
+"""mpcourse.debug: first_nonfinite names the right module and phase; headroom; ScaleMonitor."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from mpcourse.debug import (
+    HeadroomReport,
+    NonFinite,
+    ScaleCollapseWarning,
+    ScaleMonitor,
+    first_nonfinite,
+    headroom,
+)
+from mpcourse.formats import BF16, FP16
+from mpcourse.scaling import DynamicLossScaler
+
+
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+class Sqrt(nn.Module):
+    def forward(self, x):
+        return torch.sqrt(x)
+
+
+class Block(nn.Module):
+    """A nested module, to check qualified names."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(self.lin(x))
+
+
+def test_clean_model_gives_none():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert first_nonfinite(model, torch.randn(5, 4)) is None
+    assert first_nonfinite(model, torch.randn(5, 4), backward=True) is None
+    assert all(p.grad is None for p in model.parameters())  # autograd.grad: .grad untouched
+
+
+def test_overflowing_linear_in_fp16_is_named_first():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.fill_(2e4)  # |W h| ~ 2e4 * 8 * 4, far above 65504
+    x = torch.rand(16, 4) + 0.5
+    assert first_nonfinite(model, x) is None  # FP32: fine
+    with torch.autocast("cpu", dtype=torch.float16):
+        rec = first_nonfinite(model, x)
+    assert isinstance(rec, NonFinite)
+    assert (rec.module, rec.phase, rec.kind) == ("2", "forward", "inf")
+    assert rec.module_type == "Linear" and rec.dtype == torch.float16 and rec.count > 0
+    assert "'2' (Linear)" in str(rec)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # BF16 has FP32's range
+        assert first_nonfinite(model, x) is None
+
+
+def test_nan_from_log_of_negative_is_named_with_its_qualified_name():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), Block(Log()), nn.Linear(8, 2))
+    rec = first_nonfinite(model, torch.randn(32, 4), backward=True)
+    # forward comes first in execution order, and the inner module before its parent
+    assert (rec.module, rec.phase, rec.kind) == ("1.inner", "forward", "nan")
+    assert rec.module_type == "Log"
+
+
+def test_inf_gradient_only_in_backward():
+    torch.manual_seed(0)
+    # ReLU(inplace) makes exact zeros; sqrt(0) = 0 is fine, d sqrt/dx at 0 = inf is not
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), Sqrt(), nn.Linear(8, 2))
+    x = torch.randn(32, 4)
+    assert first_nonfinite(model, x) is None
+    rec = first_nonfinite(model, x, backward=True)
+    assert (rec.module, rec.phase, rec.kind) == ("2", "backward", "inf")
+    assert rec.what == "grad of input"
+
+
+def test_backward_blames_the_module_whose_weight_gradient_overflows():
+    # pure FP16 model: activations fit (h = 400, out = 16), but dL/dW of the last layer
+    # sums h over 256 rows: 256 * 400 = 102400 > 65504
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)).half()
+    with torch.no_grad():
+        model[0].weight.fill_(100.0)
+        model[0].bias.zero_()
+        model[1].weight.fill_(0.01)
+    x = torch.ones(256, 4, dtype=torch.float16)
+    assert first_nonfinite(model, x) is None
+    rec = first_nonfinite(model, x, backward=True)
+    assert (rec.module, rec.phase, rec.kind) == ("1", "backward", "inf")
+    assert rec.what == "grad of weight"
+
+
+def test_errors_say_what_is_expected():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        first_nonfinite(lambda x: x, torch.ones(1, 2))
+    with pytest.raises(ValueError, match="no submodules and no parameters"):
+        first_nonfinite(nn.Sequential(), torch.ones(1, 2))
+    with pytest.raises(TypeError, match="inputs must be tensors.*list"):
+        first_nonfinite(model, [[1.0, 2.0]])
+    with pytest.raises(TypeError, match="pass the model's inputs"):
+        first_nonfinite(model)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires grad"):
+        first_nonfinite(model, torch.ones(1, 2), backward=True)
+    with pytest.raises(TypeError, match="inputs must be tensors"):
+        headroom(model, 3.0)
+
+
+def test_tuple_outputs_and_headroom_bad_input():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.lin(x)
+            return {"ok": h, "bad": (h, torch.log(h - 100))}
+
+    rec = first_nonfinite(TwoHeads(), torch.randn(2, 3))
+    assert (rec.module, rec.module_type, rec.kind) == ("", "TwoHeads", "nan")
+    assert "the model itself" in str(rec)
+    model = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        headroom(model, torch.randn(2, 3), loss_fn=3)
+    with pytest.raises(ValueError, match="scalar tensor"):
+        headroom(model, torch.randn(2, 3), loss_fn=lambda out: out)
+    with pytest.raises(ValueError, match="no gradient was recorded"):
+        headroom(model, torch.randn(2, 3))["0"].bits(FP16, "gradient")
+
+
+def test_headroom_flags_the_layer_that_will_overflow_fp16():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.fill_(2e4)
+    x = torch.rand(16, 4) + 0.5
+    y = torch.randint(0, 2, (16,))
+    report = headroom(model, x, loss_fn=lambda out: nn.functional.cross_entropy(out, y))
+    assert isinstance(report, HeadroomReport)
+    assert report.overflows(FP16) == ["2", "3", ""] and report.overflows(BF16) == []
+    row = report["2"]
+    up, _ = row.bits(FP16)
+    assert up == pytest.approx(math.log2(65504 / row.act_amax)) and up < 0
+    assert row.bits(BF16)[0] > 100
+    # the claim is real: the same model under FP16 autocast overflows exactly there
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert first_nonfinite(model, x).module == "2"
+    assert row.grad_amax is not None and row.grad_amax > 0
+    assert "max|act|" in report.table()
+    with pytest.raises(KeyError):
+        report["nope"]
+    assert headroom(model, x)["2"].grad_amax is None
+
+
+def _overflowing_run(scaler, steps, *, real_inf, **kwargs):
+    """SGD steps on a tiny model; with real_inf the loss is inf on every step."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = ScaleMonitor(scaler, **kwargs)
+    x = torch.randn(8, 4)
+    for _ in range(steps):
+        loss = model(x).float().pow(2).mean()
+        if real_inf:
+            loss = loss * torch.tensor(float("inf"))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        monitor.step()
+    return monitor
+
+
+@pytest.mark.parametrize("make", [lambda: torch.amp.GradScaler("cpu"), DynamicLossScaler])
+def test_monitor_warns_on_collapse_with_a_diagnosis(make):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = _overflowing_run(make(), 12, real_inf=True, patience=5)
+        by_scale = _overflowing_run(make(), 20, real_inf=True)  # default patience 25
+    collapse = [w for w in caught if issubclass(w.category, ScaleCollapseWarning)]
+    assert len(collapse) == 2  # once per episode, once per run
+    assert "forward pass" in str(collapse[0].message) and "first_nonfinite" in monitor.warnings[0]
+    assert monitor.skipped == list(range(12)) and monitor.collapsed
+    assert monitor.scales[-1] == 2.0**16 / 2**12
+    # default: warned at the first skip below scale 1 (2^16 / 2^17), not before
+    assert by_scale.collapsed and len(by_scale.warnings) == 1
+    assert by_scale.scales.index(0.5) == 16 and "17 of 17 steps skipped" in by_scale.warnings[0]
+
+
+@pytest.mark.parametrize("make", [lambda: torch.amp.GradScaler("cpu"), DynamicLossScaler])
+def test_monitor_is_quiet_on_a_transient_overflow(make):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleCollapseWarning)
+        monitor = _overflowing_run(make(), 6, real_inf=False)
+    assert monitor.skipped == [] and monitor.diagnosis().startswith("healthy")
+
+
+def test_monitor_counts_skips_from_a_too_high_init_scale():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126)  # S * loss overflows FP32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleCollapseWarning)
+        monitor = ScaleMonitor(scaler, patience=50)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+        x = 100 * torch.randn(8, 4)
+        for _ in range(30):
+            scaler.scale(model(x).pow(2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            monitor.step()
+    assert 0 < len(monitor.skipped) < 30 and monitor.skipped == list(range(len(monitor.skipped)))
+    assert monitor.diagnosis().startswith("transient") and not monitor.collapsed
+
+
+def test_monitor_rejects_bad_input():
+    with pytest.raises(TypeError, match="GradScaler"):
+        ScaleMonitor(object())
+    with pytest.raises(ValueError, match="patience"):
+        ScaleMonitor(DynamicLossScaler(), patience=0)
+
+
+# -- the chapter's exercise checks accept the fix and name what is wrong ---------------------------
+def _rms_fixed(x, weight, eps=1e-6):
+    with torch.autocast(x.device.type, enabled=False):
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return y.to(x.dtype)
+
+
+def _rms_fp16(x, weight, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def test_check_rms_norm():
+    from mpcourse.checks import CheckFailed
+    from mpcourse.checks.debug import check_rms_norm
+
+    assert check_rms_norm(_rms_fixed)
+    with pytest.raises(CheckFailed, match="overflows FP16"):
+        check_rms_norm(_rms_fp16)
+    with pytest.raises(CheckFailed, match="cast the result back"):
+        check_rms_norm(lambda x, w, eps: _rms_fixed(x, w, eps).float())
+
+
+def test_check_safe_inference():
+    from mpcourse.checks import CheckFailed
+    from mpcourse.checks.debug import check_safe_inference
+
+    def safe(model, x):
+        hot = {n.split(".")[0] for n in headroom(model, x).overflows(FP16) if n}
+        with torch.autocast("cpu", dtype=torch.float16):
+            for name, block in model.named_children():
+                if name in hot:
+                    with torch.autocast("cpu", enabled=False):
+                        x = block(x.float())
+                else:
+                    x = block(x)
+        return x
+
+    def all_fp16(model, x):
+        with torch.autocast("cpu", dtype=torch.float16):
+            return model(x)
+
+    assert check_safe_inference(safe)
+    with pytest.raises(CheckFailed, match="returned inf/NaN"):
+        check_safe_inference(all_fp16)
+    with pytest.raises(CheckFailed, match="did not run in float16"):
+        check_safe_inference(lambda model, x: model(x))
+
+
+def _loop(bce, clip_first, sched_always):
+    def train(model, optimizer, scheduler, scaler, batches):
+        monitor = ScaleMonitor(scaler)
+        for x, y in batches:
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                z = model(x)
+                loss = nn.BCELoss()(torch.sigmoid(z), y) if bce else nn.BCEWithLogitsLoss()(z, y)
+            scaler.scale(loss).backward()
+            if not clip_first:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            if not monitor.step() or sched_always:
+                scheduler.step()
+
+    return train
+
+
+def test_check_broken_loop_names_the_bugs_left():
+    from mpcourse.checks import CheckFailed
+    from mpcourse.checks.debug import check_broken_loop
+
+    assert check_broken_loop(_loop(False, False, False))
+    with pytest.raises(CheckFailed, match=r"still present: BCELoss.*clipping.*scheduler"):
+        check_broken_loop(_loop(True, True, True))
+    with pytest.raises(
+        CheckFailed, match=r"still present: scheduler.step\(\) after skipped steps\.$"
+    ):
+        check_broken_loop(_loop(False, False, True))
+    with pytest.raises(CheckFailed, match=r"still present: clipping before unscale_ \(the norm"):
+        check_broken_loop(_loop(False, True, False))
