@@ -9,6 +9,9 @@
   their asserts still hold, but printed digits are not compared (nbval's lax
   mode), and the run says so in one line at its start. ``MPCOURSE_NBVAL=strict``
   forces the exact comparison everywhere, ``MPCOURSE_NBVAL=lax`` switches it off.
+* In parallel by default: one pytest-xdist worker per CPU, a notebook's cells
+  kept together on one worker (``--dist loadscope``); ``-n0`` runs serially,
+  ``-n N`` picks the number of workers.
 * Notebook cells tagged ``requires-gpu`` are skipped, with a reason, when no
   CUDA GPU is present.
 """
@@ -23,6 +26,16 @@ os.environ["MPCOURSE_NO_PROGRESS"] = "1"
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
 _MODES = ("auto", "strict", "lax")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """Run in parallel unless ``-n``/``--dist`` was given (or xdist is switched off)."""
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("xdist"):
+        return
+    if config.option.numprocesses is None and config.option.dist == "no":
+        config.option.numprocesses = "auto"
+        config.option.dist = "loadscope"
 
 
 def _mode() -> str:
