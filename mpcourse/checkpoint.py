@@ -25,7 +25,9 @@ __all__ = ["save_checkpoint", "load_checkpoint"]
 class History(Protocol):
     """What a checkpoint needs of a run's history (``mpcourse.train.History`` is one): its
     fields as plain values, restored by setting them back. A protocol, so this module does not
-    import :mod:`mpcourse.train` (which imports this one)."""
+    import :mod:`mpcourse.train` (which imports this one).
+
+    Taught in course/07_amp_training.ipynb."""
 
     def state_dict(self) -> dict[str, Any]: ...
 

@@ -219,7 +219,8 @@ def exercise_cells(nb: nbformat.NotebookNode) -> list[int]:
 
     That is the first code cell (it switches on student mode), every code cell from the first
     cell the student version changed (an answer cell) to the end, and, before it, the cells
-    that bind or mutate a name those cells read (found by static analysis, transitively).
+    that bind or mutate a name those cells read (found by static analysis, transitively) or
+    switch the checks' mode (``student_mode``).
     The cells left out are copied unchanged from the course version, which nbval runs.
     """
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -235,7 +236,10 @@ def exercise_cells(nb: nbformat.NotebookNode) -> list[int]:
         needed |= names[i][1]
     for i in reversed([i for i in code if code[0] < i < start]):
         bound, read, imported = names[i]
-        if (bound - (modules - imported)) & needed:  # `torch.manual_seed(0)` binds no name
+        if "student_mode" in read or "student_mode" in "".join(nb.cells[i].source):
+            keep.add(i)  # it switches the checks' mode: the run must see it
+            needed |= read
+        elif (bound - (modules - imported)) & needed:  # `torch.manual_seed(0)` binds no name
             keep.add(i)
             needed |= read
     return sorted(keep)

@@ -163,3 +163,13 @@ def test_seed_everything_is_deterministic():
     g = seed_everything(3)
     assert torch.equal(a, torch.randn(4))
     assert torch.equal(torch.randn(2, generator=g), torch.randn(2, generator=seed_everything(3)))
+
+
+def test_default_amp_dtype_is_the_rule_without_the_hardware():
+    from mpcourse.device import default_amp_dtype
+
+    assert default_amp_dtype("cuda", bf16_native=False) == torch.float16
+    assert default_amp_dtype("cuda", bf16_native=True) == torch.bfloat16
+    assert default_amp_dtype("cpu", bf16_native=False) == torch.bfloat16
+    with pytest.raises(ValueError, match="device_type must be 'cpu' or 'cuda', got 'mps'"):
+        default_amp_dtype("mps", True)

@@ -261,3 +261,32 @@ def test_bf16_master_weights_keep_what_pure_bf16_loses() -> None:
     master = train_master(mlp, data, lr=0.01, steps=30, dtype=torch.bfloat16)
     assert pure.lost_share > 0.8 and master.lost_share < 0.02
     assert all(p.dtype == torch.bfloat16 for p in master.model.parameters())
+
+
+def _working_after(w0, u, n, dtype):
+    master = torch.tensor(w0, dtype=torch.float32)
+    for _ in range(n):
+        master = master + u
+    return master.to(dtype).item()
+
+
+@pytest.mark.parametrize(
+    "wrong, why",
+    [
+        (
+            lambda w0, u, n, d: (torch.tensor(w0).to(d) + torch.tensor(u).to(d) * 0).item(),
+            "to the working copy",
+        ),
+        (lambda w0, u, n, d: torch.tensor(w0 + n * u).to(d).item(), "rounded after every update"),
+        (lambda w0, u, n, d: _working_after(w0, u, n, torch.float32), "return the"),
+        (lambda w0, u, n, d: "1.0", "should return a number"),
+    ],
+)
+def test_check_working_after(wrong, why) -> None:
+    from mpcourse import checks
+
+    assert checks.check_working_after(_working_after)
+    with pytest.raises(checks.CheckFailed, match=why):
+        checks.check_working_after(wrong)
+    with pytest.raises(checks.CheckFailed, match="calls the package's MasterWeights"):
+        checks.check_working_after(lambda w0, u, n, d: MasterWeights)

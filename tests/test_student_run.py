@@ -31,9 +31,10 @@ FULL = os.environ.get("MPCOURSE_STUDENT_RUN") == "full"
 MAX_LINE = 120
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def kernel():
-    """One kernel for the module (torch imported once); each notebook resets its namespace."""
+    """A fresh kernel per notebook, as when a student opens it: no state (torch flags set by
+    another chapter, the checks' mode) leaks from one notebook into the next."""
     km = KernelManager(kernel_name="python3")
     km.start_kernel(cwd=str(COURSE))
     yield km

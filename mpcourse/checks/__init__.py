@@ -32,6 +32,7 @@ from .fp8 import (
 )
 from .inference import check_outlier_matmul, check_per_channel_scale, check_sensitive_layer  # noqa: F401
 from .keras_mp import check_float32_head, check_keras_scale  # noqa: F401
+from .master import check_working_after
 from .mx import check_e8m0_scale, check_flushed, check_stochastic_round  # noqa: F401
 from .numerics import (
     check_adam_eps,
@@ -60,6 +61,7 @@ __all__ = [
     "check_fp16_max",
     "check_e4m3_max",
     "check_e4m3fnuz_max",
+    "check_working_after",
     "check_round_toy",
     "check_format_limits",
     "check_amp_choice",

@@ -79,12 +79,34 @@ class NotPassed(int):
         pass
 
 
-def student_mode(on: bool = True) -> None:
+class _ModeSwitch:
+    """Returned by :func:`student_mode`: the switch already happened; used in a ``with``
+    statement it restores the previous mode at the end of the block."""
+
+    def __init__(self, previous: bool) -> None:
+        self.previous = previous
+
+    def __enter__(self) -> _ModeSwitch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _STUDENT_MODE
+        _STUDENT_MODE = self.previous
+
+    def __repr__(self) -> str:
+        return f"student mode {'on' if _STUDENT_MODE else 'off'}"
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def student_mode(on: bool = True) -> _ModeSwitch:
     """Switch between student mode (a failed check prints one line and returns a false
     value) and strict mode (it raises :class:`CheckFailed`, the default).
 
-    The student version's first cell calls ``student_mode()``. For nbgrader, a test cell
-    that must fail in autograding starts with a hidden block that switches it off::
+    The student version's first cell calls ``student_mode()``. ``with student_mode():``
+    switches only for the block and then restores the previous mode. For nbgrader, a test
+    cell that must fail in autograding starts with a hidden block that switches it off::
 
         ### BEGIN HIDDEN TESTS
         checks.student_mode(False)
@@ -92,7 +114,8 @@ def student_mode(on: bool = True) -> None:
         checks.check_decode(decode_fp16)
     """
     global _STUDENT_MODE
-    _STUDENT_MODE = bool(on)
+    previous, _STUDENT_MODE = _STUDENT_MODE, bool(on)
+    return _ModeSwitch(previous)
 
 
 def in_student_mode() -> bool:

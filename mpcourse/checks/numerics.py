@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 
 import torch
@@ -88,8 +89,19 @@ def check_update_survives(survives: Callable[[float, float], bool]) -> bool:
             fail(f"survives({w!r}, {u!r}) should return one bool, got {_short_shape(got)}.")
         expected = bool(update_survives(w, u))
         expect_equal(bool(got), expected, f"survives({w!r}, {u!r})", hint=lesson)
+    gen = torch.Generator().manual_seed(random.Random().randrange(2**31))  # new every run
+    ws = torch.randn(200, generator=gen) * torch.exp2(
+        torch.empty(200).uniform_(-16, 8, generator=gen)
+    )
+    ratios = torch.exp2(torch.empty(200).uniform_(8, 14, generator=gen))  # around 2048..4096
+    for w, ratio in zip(ws.tolist(), ratios.tolist(), strict=True):
+        u = -w / ratio
+        got = bool(call_answer(survives, w, u, what="survives"))
+        expected = bool(update_survives(w, u))
+        expect_equal(got, expected, f"survives({w!r}, {u!r}) (a random case)")
     return passed(
-        f"survives() predicts FP16 swamping on {len(_SURVIVE_CASES)} cases, ties included."
+        f"survives() predicts FP16 swamping on {len(_SURVIVE_CASES)} hand-picked cases, ties "
+        "included, and 200 random ones."
     )
 
 

@@ -35,7 +35,7 @@ def check_amp_choice(amp_choice: Callable[[str, tuple[int, int] | None], tuple])
     require_answer(amp_choice, "`amp_choice`")
     if uses_names(amp_choice, {"amp_dtype", "default_amp_dtype", "bf16_native"}):
         fail("amp_choice asks mpcourse.device; write the rule itself (capability -> dtype).")
-    gen = torch.Generator().manual_seed(random.randrange(2**31))  # a new order every run
+    gen = torch.Generator().manual_seed(random.Random().randrange(2**31))  # new every run
     cases: list[tuple[str, tuple[int, int] | None]] = [("cpu", None)]
     order = torch.randperm(len(GPUS), generator=gen).tolist()
     cases += [("cuda", list(GPUS)[i]) for i in order]
