@@ -23,6 +23,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from mpcourse.grading import mark_cells
 from mpcourse.repro import record_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,7 @@ def build(path: Path, timeout: int = 600) -> Path:
         if errors and "raises-exception" not in cell.metadata.get("tags", []):
             bad.append((i, errors[0].ename, errors[0].evalue))
     record_key(nb)  # which torch/CPU made these outputs: strict nbval only there
+    mark_cells(nb, target)  # nbgrader's cell metadata, from the solution markers
     nbformat.validate(nb)
     nbformat.write(nb, target)
     took = time.perf_counter() - start
