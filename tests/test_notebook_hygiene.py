@@ -146,3 +146,20 @@ def test_no_stray_paths_or_reruns(nb):
     text = json.dumps(cells)
     assert "/work/" not in text and "/home/" not in text, f"{path.name}: local path in outputs"
     assert data["metadata"].get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbgrader_metadata_is_current(path):
+    """Every exercise carries nbgrader's cell metadata, as mpcourse.grading derives it."""
+    import nbformat
+
+    from mpcourse.grading import mark_cells
+
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    assert nbformat.writes(mark_cells(nb, path)) == before, (
+        f"run: python -m mpcourse.grading mark {path.relative_to(COURSE.parent)}"
+    )
+    graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    answers = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    assert len(graded) == len(answers) >= 2, "at least two exercises, each an answer and a check"
