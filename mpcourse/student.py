@@ -1,41 +1,20 @@
-"""Student copies of the course notebooks: solutions out, everything else intact.
+"""Running the student version of the course notebooks, as a student's *Run All* does.
 
-In a course notebook an exercise's answer cell holds its solution between
-nbgrader's markers::
+nbgrader makes the student version (``nbgrader generate_assignment``, configured by
+:mod:`mpcourse.grading`; ``python -m mpcourse student OUT_DIR`` runs that step for the
+whole course). In it, an exercise's answer cell holds a stub instead of the solution
+between nbgrader's markers, and the student version must survive JupyterLab's
+*Run All* (which stops at the first cell that raises):
 
-    def decode_fp16(bits):
-        ### BEGIN SOLUTION
-        ...
-        ### END SOLUTION
+* a stub inside a function body raises ``NotImplementedError`` only when the check
+  calls the function; at the top level (after ``answer = None``) it is a comment, so
+  the answer cell runs and the check finds ``answer is None``;
+* the first code cell switches ``student_mode()`` on: a failed check prints one line
+  and returns a false value instead of raising.
 
-:func:`strip_solutions` replaces each marked block by a stub, keeps any
-``### HINT: ...`` lines of the block as comments, clears the outputs of that
-cell and of the check cell after it, and shows its source (the course version
-hides it so a student can try first). Everything else is copied unchanged,
-outputs included, so the student still sees every demonstration.
-
-The student version must survive JupyterLab's *Run All* (which stops at the
-first cell that raises), so nothing in it raises until the student writes code:
-
-* a stub inside a function body is ``raise NotImplementedError(...)``: it only
-  runs when the check calls the function, and the check turns it into
-  ``Not answered yet: ...``; a stub at the top level (after ``answer = None``)
-  is a comment, so the answer cell runs and the check finds ``answer is None``;
-* the first code cell starts with ``student_mode()`` (see
-  :mod:`mpcourse.checks._core`): a failed check prints one line and returns a
-  false value instead of raising;
-* ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` blocks are removed, as
-  nbgrader's release step removes them. With nbgrader, a grade cell starts with a
-  hidden ``checks.student_mode(False)``, so in autograding a wrong answer raises
-  (and shows one line, through ``CheckFailed._render_traceback_``).
-
-For nbgrader (the course uses its markers): nbgrader's ``ClearSolutions`` puts one
-``code_stub`` everywhere, and its default, ``raise NotImplementedError()``, would stop
-Run All at every top-level answer cell; release the student version with this
-module's stubs (:func:`strip_source`), or give nbgrader a stub per indentation.
-
-``python -m mpcourse student OUT_DIR`` writes the whole course;
-:func:`run_notebook` executes a student notebook as *Run All* does.
+This module analyses and executes such notebooks: :func:`is_answer_cell` finds answer
+cells (course or student version), :func:`exercise_cells` the cells a run of the
+exercises needs, and :func:`run_notebook` executes a notebook as *Run All* does.
 
 Taught in course/00_setup.ipynb.
 """
@@ -45,147 +24,86 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
+__all__ = [
+    "BEGIN",
+    "BEGIN_HIDDEN",
+    "END",
+    "STUB",
+    "exercise_cells",
+    "has_hidden_tests",
+    "has_solution",
+    "is_answer_cell",
+    "run_notebook",
+    "switches_mode",
+]
+
+# nbgrader's markers (as in mpcourse.grading, which imports nbgrader: slow to import)
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
-HINT = "### HINT:"
 BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
-END_HIDDEN = "### END HIDDEN TESTS"
-STUB = "# YOUR CODE HERE"
-STUB_MESSAGE = "Exercise: write your answer here, then run the check cell below."
-STUDENT_SETUP = (
-    "from mpcourse.checks import student_mode\n\n"
-    "student_mode()  # student copy: a check reports in one line and never stops Run All\n"
-)
+STUB = "# YOUR CODE HERE"  # the first line of the stub (mpcourse.grading.FUNCTION_STUB)
 
 _COURSE = Path(__file__).resolve().parents[1] / "course"
 
 
-def strip_source(source: str) -> str:
-    """Replace every solution block of one cell's source by a stub; drop hidden tests.
-
-    Raises ValueError if the markers are unbalanced or nested.
-    """
-    out: list[str] = []
-    inside = hidden = False
-    indent = ""
-    hints: list[str] = []
-    for number, line in enumerate(source.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped.startswith(BEGIN_HIDDEN):
-            if hidden or inside:
-                raise ValueError(f"line {number}: {BEGIN_HIDDEN!r} inside another block")
-            hidden = True
-        elif stripped.startswith(END_HIDDEN):
-            if not hidden:
-                raise ValueError(
-                    f"line {number}: {END_HIDDEN!r} without a matching {BEGIN_HIDDEN!r}"
-                )
-            hidden = False
-        elif hidden:
-            continue
-        elif stripped.startswith(BEGIN):
-            if inside:
-                raise ValueError(f"line {number}: {BEGIN!r} inside another solution block")
-            inside, indent, hints = True, line[: len(line) - len(line.lstrip())], []
-        elif stripped.startswith(END):
-            if not inside:
-                raise ValueError(f"line {number}: {END!r} without a matching {BEGIN!r}")
-            out.extend(f"{indent}# Hint: {h}" for h in hints)
-            out.append(f"{indent}{STUB}")
-            if indent:  # a function body: the check calls it and reports "Not answered yet"
-                out.append(f"{indent}raise NotImplementedError({STUB_MESSAGE!r})")
-            inside = False
-        elif inside:
-            if stripped.startswith(HINT):
-                hints.append(stripped[len(HINT) :].strip())
-        else:
-            out.append(line)
-    if inside:
-        raise ValueError(f"{BEGIN!r} without a matching {END!r}")
-    if hidden:
-        raise ValueError(f"{BEGIN_HIDDEN!r} without a matching {END_HIDDEN!r}")
-    return "\n".join(out)
+def _source(cell: nbformat.NotebookNode) -> str:
+    return "".join(cell.get("source", ""))
 
 
 def has_solution(cell: nbformat.NotebookNode) -> bool:
-    return cell.get("cell_type") == "code" and BEGIN in "".join(cell.get("source", ""))
+    """A code cell holding a solution between nbgrader's markers (course version)."""
+    return cell.get("cell_type") == "code" and BEGIN in _source(cell)
 
 
 def is_answer_cell(cell: nbformat.NotebookNode) -> bool:
-    """An answer cell of the course version (solution markers) or of the student version."""
-    return has_solution(cell) or (cell.get("cell_type") == "code" and STUB in "".join(cell.source))
+    """An answer cell of the course version (solution markers) or of the student version
+    (nbgrader's solution cell metadata, or its stub)."""
+    if cell.get("cell_type") != "code":
+        return False
+    solution = cell.get("metadata", {}).get("nbgrader", {}).get("solution", False)
+    return has_solution(cell) or bool(solution) or STUB in _source(cell)
 
 
 def has_hidden_tests(cell: nbformat.NotebookNode) -> bool:
-    return cell.get("cell_type") == "code" and BEGIN_HIDDEN in "".join(cell.get("source", ""))
+    """A code cell with nbgrader's hidden tests (course version; the release removes them)."""
+    return cell.get("cell_type") == "code" and BEGIN_HIDDEN in _source(cell)
 
 
-def strip_solutions(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``nb`` with every solution replaced by a stub (see module docstring)."""
-    nb = copy.deepcopy(nb)
-    first_code = next((c for c in nb.cells if c.cell_type == "code"), None)
-    if first_code is not None and any(has_solution(c) for c in nb.cells):
-        first_code.source = STUDENT_SETUP + "".join(first_code.source)
-    for index, cell in enumerate(nb.cells):
-        if has_hidden_tests(cell):
-            cell.source = strip_source("".join(cell.source))
-            cell.outputs = []
-            cell.execution_count = None
-        if not has_solution(cell):
-            continue
-        try:
-            cell.source = strip_source("".join(cell.source))
-        except ValueError as err:
-            raise ValueError(f"cell {index}: {err}") from None
-        cell.outputs = []
-        cell.execution_count = None
-        cell.metadata.get("jupyter", {}).pop("source_hidden", None)
-        if "jupyter" in cell.metadata and not cell.metadata["jupyter"]:
-            del cell.metadata["jupyter"]
-        check = next((c for c in nb.cells[index + 1 :] if c.cell_type == "code"), None)
-        if check is not None and "checks." in "".join(check.source):
-            check.outputs = []  # its "Correct: ..." would give the answer away
-            check.execution_count = None
-    return nb
+def _parse(source: str) -> ast.Module:
+    """The cell's code as Python (IPython's ``%magics`` and ``!commands`` translated)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return ast.parse(TransformerManager().transform_cell(source))
 
 
-def write_student_version(source: Path | str | None, out_dir: Path | str) -> list[Path]:
-    """Write student copies of the ``NN_*.ipynb`` in ``source`` (default course/) to ``out_dir``."""
-    source = Path(source) if source is not None else _COURSE
-    if not source.is_dir():
-        raise FileNotFoundError(
-            f"no course folder at {source}: pass --source pointing at the folder with NN_*.ipynb"
-        )
-    notebooks = sorted(p for p in source.glob("*.ipynb") if re.match(r"\d\d_", p.name))
-    if not notebooks:
-        raise FileNotFoundError(f"no NN_*.ipynb notebooks in {source}")
-    out_dir = Path(out_dir)
-    if out_dir.resolve() == source.resolve():
-        raise ValueError(
-            "OUT_DIR must differ from the course folder: it would overwrite the solutions"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
-        target = out_dir / path.name
-        nbformat.write(strip_solutions(nb), target)
-        written.append(target)
-    return written
+def switches_mode(source: str) -> bool:
+    """Whether a cell switches the checks' mode for the cells after it: it calls
+    ``student_mode(...)`` other than as ``with checks.student_mode():``, which restores the
+    previous mode at the end of its block."""
+    tree = _parse(source)
+    scoped = {
+        id(item.context_expr)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.With, ast.AsyncWith))
+        for item in node.items
+    }
+    return any(
+        isinstance(node, ast.Call)
+        and "student_mode" in (getattr(node.func, "id", None), getattr(node.func, "attr", None))
+        and id(node) not in scoped
+        for node in ast.walk(tree)
+    )
 
 
 def _names(source: str) -> tuple[set[str], set[str], set[str]]:
     """(names a cell binds or may mutate, names it reads, names it imports) by static
     analysis of its code."""
-    from IPython.core.inputtransformer2 import TransformerManager
-
-    tree = ast.parse(TransformerManager().transform_cell(source))
+    tree = _parse(source)
     bound: set[str] = set()
     read: set[str] = set()
     imported: set[str] = set()
@@ -220,7 +138,7 @@ def exercise_cells(nb: nbformat.NotebookNode) -> list[int]:
     That is the first code cell (it switches on student mode), every code cell from the first
     cell the student version changed (an answer cell) to the end, and, before it, the cells
     that bind or mutate a name those cells read (found by static analysis, transitively) or
-    switch the checks' mode (``student_mode``).
+    switch the checks' mode (:func:`switches_mode`).
     The cells left out are copied unchanged from the course version, which nbval runs.
     """
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -236,7 +154,7 @@ def exercise_cells(nb: nbformat.NotebookNode) -> list[int]:
         needed |= names[i][1]
     for i in reversed([i for i in code if code[0] < i < start]):
         bound, read, imported = names[i]
-        if "student_mode" in read or "student_mode" in "".join(nb.cells[i].source):
+        if switches_mode("".join(nb.cells[i].source)):
             keep.add(i)  # it switches the checks' mode: the run must see it
             needed |= read
         elif (bound - (modules - imported)) & needed:  # `torch.manual_seed(0)` binds no name

@@ -81,9 +81,9 @@ def lab(tmp_path_factory):
     (project / "course").mkdir()
     for path in sorted((ROOT / "course").glob("[0-9][0-9]_*.ipynb")):
         _cleared_copy(path, project / "course" / path.name)
-    from mpcourse.student import write_student_version
+    from mpcourse.grading import write_student_version
 
-    write_student_version(ROOT / "course", project / "student")
+    write_student_version(project / "student")  # nbgrader generate_assignment, every chapter
     port = _free_port()
     command = readme_open_command()
     extra = ["--no-browser", f"--port={port}", f"--IdentityProvider.token={TOKEN}"]

@@ -1,151 +1,130 @@
-"""The student version: solutions out, everything else intact, checks still helpful."""
+"""The student version, made by nbgrader (``mpcourse.grading.write_student_version``, behind
+``python -m mpcourse student``): solutions out, everything else intact, checks still helpful."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from mpcourse import checks
+from mpcourse.__main__ import main
 from mpcourse.checks import _core
-from mpcourse.student import (
+from mpcourse.grading import (
     BEGIN,
+    BEGIN_HIDDEN,
     END,
     STUDENT_SETUP,
-    strip_solutions,
-    strip_source,
+    exercises,
     write_student_version,
 )
+from mpcourse.student import exercise_cells, switches_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 COURSE = ROOT / "course"
+NOTEBOOKS = sorted(p for p in COURSE.glob("*.ipynb") if re.match(r"\d\d_", p.name))
 
 
-def test_strip_source_keeps_indentation_hints_and_surrounding_code():
-    src = (
-        "answer = None\n"
-        "def f(x):\n"
-        "    y = 1\n"
-        "    ### BEGIN SOLUTION\n"
-        "    ### HINT: use x twice\n"
-        "    return x + x\n"
-        "    ### END SOLUTION\n"
-        "print('after')"
-    )
-    out = strip_source(src)
-    assert "return x + x" not in out and "BEGIN" not in out
-    assert "    # Hint: use x twice\n    # YOUR CODE HERE\n    raise NotImplementedError(" in out
-    assert out.startswith("answer = None\ndef f(x):\n    y = 1\n") and out.endswith(
-        "print('after')"
-    )
-    namespace = {}
-    exec(out, namespace)
-    with pytest.raises(NotImplementedError):
-        namespace["f"](1)
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """The student version of every chapter, from one nbgrader run."""
+    written = write_student_version(tmp_path_factory.mktemp("student"))
+    return {p.name: nbformat.read(p, as_version=4) for p in written}
 
 
-def test_top_level_stub_does_not_raise_so_run_all_goes_on():
-    out = strip_source(f"answer = None\n{BEGIN}\nanswer = 448\n{END}\n")
-    namespace = {}
-    exec(out, namespace)  # no NotImplementedError at the top level
-    assert namespace["answer"] is None and "448" not in out and "# YOUR CODE HERE" in out
-
-
-def test_hidden_tests_are_removed_as_nbgrader_does():
-    src = "check(a)\n### BEGIN HIDDEN TESTS\nstrict()\ncheck(b)\n### END HIDDEN TESTS\nend()"
-    assert strip_source(src) == "check(a)\nend()"
-
-
-@pytest.mark.parametrize(
-    "bad,message",
-    [
-        (f"{BEGIN}\nx = 1\n", "without a matching"),
-        (f"x = 1\n{END}\n", "without a matching"),
-        (f"{BEGIN}\n{BEGIN}\n{END}\n", "inside another"),
-        ("### BEGIN HIDDEN TESTS\nx = 1\n", "without a matching"),
-        ("### END HIDDEN TESTS\n", "without a matching"),
-    ],
-)
-def test_unbalanced_markers_are_rejected(bad, message):
-    with pytest.raises(ValueError, match=message):
-        strip_source(bad)
-
-
-def test_whole_course_student_version(tmp_path):
-    written = write_student_version(COURSE, tmp_path)
-    originals = sorted(p for p in COURSE.glob("*.ipynb") if re.match(r"\d\d_", p.name))
-    assert [p.name for p in written] == [p.name for p in originals]
-    for original_path, student_path in zip(originals, written):
-        original = nbformat.read(original_path, as_version=4)
-        student = nbformat.read(student_path, as_version=4)
+def test_whole_course_student_version(released):
+    assert sorted(released) == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        original = nbformat.read(path, as_version=4)
+        student = released[path.name]
         assert len(original.cells) == len(student.cells)
-        n_solutions = 0
-        check_cells = set()
-        for i, cell in enumerate(original.cells):
-            if cell.cell_type == "code" and BEGIN in cell.source:
-                nxt = next(
-                    j
-                    for j in range(i + 1, len(original.cells))
-                    if original.cells[j].cell_type == "code"
-                )
-                check_cells.add(nxt)
+        found = exercises(original)
+        assert len(found) >= 2, f"{path.name} has fewer than two exercises"
+        answers = {answer for _, answer, _ in found}
+        check_cells = {check for _, _, check in found}
         first_code = next(i for i, c in enumerate(original.cells) if c.cell_type == "code")
         for index, (before, after) in enumerate(zip(original.cells, student.cells)):
+            where = (path.name, index)
+            assert before.cell_type == after.cell_type, where
             if index == first_code:  # switches student mode on, then the course's own code
-                assert after.source == STUDENT_SETUP + before.source
-                assert after.outputs == before.outputs
-            elif index in check_cells:
-                assert "checks." in after.source and after.source == before.source
-                assert after.outputs == []  # "Correct: ..." would give the answer away
-            elif before.cell_type == "code" and BEGIN in before.source:
-                n_solutions += 1
-                solution = before.source.split(BEGIN)[1].split(END)[0]
-                for line in solution.strip().splitlines():
-                    if line.strip() and not line.strip().startswith("### HINT"):
-                        assert line not in after.source.splitlines(), (student_path.name, line)
-                assert "# YOUR CODE HERE" in after.source
-                assert after.outputs == [] and after.execution_count is None
-                assert not after.metadata.get("jupyter", {}).get("source_hidden")
-            else:
-                assert before == after  # untouched, outputs included
-        assert n_solutions >= 2, f"{original_path.name} has fewer than two exercises"
+                assert after.source == STUDENT_SETUP + before.source, where
+                assert after.outputs == before.outputs, where
+            elif index in check_cells:  # the hidden grading switch is gone again
+                assert after.source == before.source and BEGIN_HIDDEN not in after.source, where
+                assert after.outputs == [], where  # "Correct: ..." would give the answer away
+            elif index in answers:
+                check_stub(before.source, after.source, where)
+                assert after.outputs == [] and after.execution_count is None, where
+                assert not after.metadata.get("jupyter", {}).get("source_hidden"), where
+            else:  # demonstrations and text: untouched, outputs included
+                assert after.source == before.source, where
+                assert after.get("outputs") == before.get("outputs"), where
 
 
-def test_stubbed_answers_give_helpful_check_failures(tmp_path):
+def check_stub(before: str, after: str, where) -> None:
+    """The solution is gone; inside a function the stub raises, at the top level it does not."""
+    solution = before.split(BEGIN)[1].split(END)[0]
+    kept = set(after.splitlines())
+    for line in solution.strip().splitlines():
+        assert not line.strip() or line not in kept, (where, line)
+    assert BEGIN not in after and END not in after and "# YOUR CODE HERE" in after, where
+    indent = re.search(rf"^([ \t]*){re.escape(BEGIN)}", before, re.M).group(1)
+    raises = [line for line in after.splitlines() if "raise NotImplementedError(" in line]
+    if indent:  # a function body: the check calls it and reports "Not answered yet"
+        assert [line[: len(indent)] for line in raises] == [indent], (where, after)
+    else:  # the top level: Run All must go on, and the check finds `answer is None`
+        assert raises == [] and re.match(r"\w+ = None\n", before), (where, after)
+
+
+def test_stubbed_answers_give_helpful_check_failures(released):
     """Run each stub of chapter 01 and call its check: NotAnswered, never a NameError."""
-    nb = strip_solutions(nbformat.read(COURSE / "01_float_formats.ipynb", as_version=4))
+    nb = released["01_float_formats.ipynb"]
     namespace: dict = {}
     exec("import math, torch\nfrom mpcourse import checks", namespace)
     cells = [c for c in nb.cells if c.cell_type == "code"]
-    stubs = [i for i, c in enumerate(cells) if "# YOUR CODE HERE" in c.source]
-    assert stubs
+    stubs = [i for i, c in enumerate(cells) if c.metadata.get("nbgrader", {}).get("solution")]
+    assert len(stubs) == 4
+    top_level = 0
     for i in stubs:
+        namespace.pop("answer", None)
         exec(cells[i].source, namespace)  # never raises: a top-level stub leaves answer = None
+        top_level += namespace.get("answer", "unset") is None
         with pytest.raises(checks.NotAnswered, match="NotImplementedError|set `answer`"):
             exec(cells[i + 1].source, namespace)
+    assert top_level >= 1  # chapter 01 has both kinds of stub
 
 
-def test_cli_writes_student_version(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "mpcourse", "student", str(tmp_path / "student")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "student notebook(s) written" in out
-    assert (tmp_path / "student" / "01_float_formats.ipynb").exists()
+def test_cli_runs_the_same_nbgrader_step(tmp_path, released, capsys):
+    source = tmp_path / "course"
+    source.mkdir()
+    (source / "00_setup.ipynb").write_bytes((COURSE / "00_setup.ipynb").read_bytes())
+    (source / "notes.ipynb").write_bytes((COURSE / "00_setup.ipynb").read_bytes())  # not NN_
+    assert main(["student", str(tmp_path / "out"), "--source", str(source)]) == 0
+    assert capsys.readouterr().out.endswith(
+        "1 student notebook(s) written to " + str(tmp_path / "out") + " by nbgrader\n"
+    )
+    (written,) = (tmp_path / "out").iterdir()
+    cli = nbformat.read(written, as_version=4)
+    assert [c.source for c in cli.cells] == [c.source for c in released["00_setup.ipynb"].cells]
 
 
-def test_bad_student_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no course folder"):
-        write_student_version(tmp_path / "missing", tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="no NN_"):
-        write_student_version(tmp_path, tmp_path / "out")
-    with pytest.raises(ValueError, match="must differ"):
-        write_student_version(COURSE, COURSE)
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing", "no course folder at .*missing"),
+        ("empty", "no NN_\\*.ipynb notebooks in"),
+        ("same", "OUT_DIR must differ from the course folder"),
+    ],
+)
+def test_bad_student_arguments(tmp_path, capsys, case, message):
+    source = {"missing": tmp_path / "missing", "empty": tmp_path, "same": COURSE}[case]
+    out = COURSE if case == "same" else tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["student", str(out), "--source", str(source)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert re.search(f"python -m mpcourse student: error: {message}", err), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_check_is_behind_the_student_switch():
@@ -188,3 +167,18 @@ def test_a_checker_crash_is_one_line_in_student_mode_and_raises_in_strict(capsys
     out = capsys.readouterr().out
     assert out.startswith("Not correct yet: the check could not run on this answer: KeyError")
     assert out.count("\n") == 1
+
+
+def test_only_a_lasting_mode_switch_is_kept_for_the_exercise_run():
+    nb = nbformat.v4.new_notebook()
+    sources = [
+        "from mpcourse import checks\nx = 1",
+        "with checks.student_mode():\n    checks.check_nbytes(len)",  # restores the mode
+        "y = 2",  # nothing after it reads y
+        "checks.student_mode(False)",  # lasts: the exercises run in strict mode
+        f"answer = None\n{BEGIN}\nanswer = x\n{END}",
+        "checks.check_fp16_max(answer)",
+    ]
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    assert switches_mode(sources[3]) and not switches_mode(sources[1])
+    assert exercise_cells(nb) == [0, 3, 4, 5]

@@ -1,6 +1,8 @@
 """The student version runs in Jupyter: *Run All* reaches the end of every notebook.
 
-Each student notebook is executed with nbclient exactly as JupyterLab's Run All does
+The student version is nbgrader's (``mpcourse.grading.write_student_version``, one
+``generate_assignment`` run for the whole course per test module). Each student notebook
+is executed with nbclient exactly as JupyterLab's Run All does
 (top to bottom, stopping at the first cell that raises). To keep the suite fast, only
 the cells the student version changes, the cells after them, and the earlier cells they
 depend on are run (``mpcourse.student.exercise_cells``); the cells left out are the
@@ -17,18 +19,24 @@ import pytest
 from jupyter_client.manager import KernelManager
 from nbclient.exceptions import CellExecutionError
 
-from mpcourse.student import (
-    STUB,
-    exercise_cells,
-    is_answer_cell,
-    run_notebook,
-    strip_solutions,
-)
+from mpcourse.grading import BEGIN_HIDDEN, add_grading_switch, write_student_version
+from mpcourse.student import STUB, exercise_cells, is_answer_cell, run_notebook
 
 COURSE = Path(__file__).resolve().parents[1] / "course"
 NOTEBOOKS = sorted(p for p in COURSE.glob("*.ipynb") if re.match(r"\d\d_", p.name))
 FULL = os.environ.get("MPCOURSE_STUDENT_RUN") == "full"
 MAX_LINE = 120
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """The student version of every chapter, from one nbgrader run."""
+    written = write_student_version(tmp_path_factory.mktemp("student"))
+    return {p.name: p for p in written}
+
+
+def student_version(released, name: str) -> nbformat.NotebookNode:
+    return nbformat.read(released[name], as_version=4)
 
 
 @pytest.fixture
@@ -62,8 +70,8 @@ def check_after(cells, index: int) -> int | None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_run_all_reaches_the_end(path, kernel):
-    student = strip_solutions(nbformat.read(path, as_version=4))
+def test_run_all_reaches_the_end(path, released, kernel):
+    student = student_version(released, path.name)
     cells = None if FULL else exercise_cells(student)
     ran = run_notebook(student, cells=cells, km=kernel, timeout=600)  # raises on any error
     code = [c for c in ran.cells if c.cell_type == "code"]
@@ -88,11 +96,11 @@ def _set_answers(nb, replacements: dict[str, str]) -> None:
                 cell.source = f"{STUB}\n{code}"  # the student wrote below the stub's comment
 
 
-def test_wrong_answers_and_student_errors_get_one_line(kernel):
+def test_wrong_answers_and_student_errors_get_one_line(released, kernel):
     """Chapter 01 as a student who got things wrong: every check says so in one line,
     a crash in the student's own function is shown briefly (their line, not the checker's),
     and Run All still reaches the end."""
-    student = strip_solutions(nbformat.read(COURSE / "01_float_formats.ipynb", as_version=4))
+    student = student_version(released, "01_float_formats.ipynb")
     _set_answers(
         student,
         {
@@ -115,24 +123,24 @@ def test_wrong_answers_and_student_errors_get_one_line(kernel):
     assert "448 is OCP E4M3" in shown[1]  # names the mistake
 
 
-def test_nbgrader_hidden_tests_make_a_failing_check_raise_one_line(kernel):
-    """With nbgrader, a test cell's hidden block switches student mode off: in autograding
-    an unanswered exercise raises (the grade fails) and shows one line, no traceback."""
+def test_nbgrader_hidden_tests_make_a_failing_check_raise_one_line(released, kernel):
+    """nbgrader keeps a hidden ``checks.student_mode(False)`` at the top of each check cell for
+    autograding and removes it from the student version: there an unanswered exercise
+    reports; in autograding it raises (the grade fails) and shows one line, no traceback."""
+    student = student_version(released, "01_float_formats.ipynb")
+    graded = [c for c in student.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert len(graded) == 4 and not any(BEGIN_HIDDEN in c.source for c in graded)
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(
             "from mpcourse import checks\nchecks.student_mode()\nanswer = None\n" + STUB
         ),
-        nbformat.v4.new_code_cell(
-            "### BEGIN HIDDEN TESTS\nchecks.student_mode(False)\n### END HIDDEN TESTS\n"
-            "checks.check_e4m3_max(answer)"
-        ),
+        nbformat.v4.new_code_cell("checks.check_e4m3_max(answer)"),
     ]
-    released = strip_solutions(nb)  # the release drops the hidden block: reports, no raise
-    assert "HIDDEN" not in released.cells[1].source
-    out = run_notebook(released, km=kernel)
+    out = run_notebook(nb, km=kernel)  # as released: reports, no raise
     assert text_of(out.cells[1]).startswith("Not answered yet: ")
-    with pytest.raises(CellExecutionError) as info:  # autograding keeps it: raises
+    add_grading_switch(nb.cells[1])  # as nbgrader autograde puts it back
+    with pytest.raises(CellExecutionError) as info:
         run_notebook(nb, km=kernel)
     assert info.value.ename == "NotAnswered"
     shown = info.value.traceback.split("-" * 18)[-1].strip()  # what the kernel displayed
