@@ -33,9 +33,7 @@ import contextlib
 import copy
 import functools
 import io
-import logging
 import os
-import re
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -78,23 +76,7 @@ FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 INT8_CONFIGS = ("int8_weight_only", "int8_dynamic")
 FP32_EPS = torch.finfo(torch.float32).eps  # the smallest scale torchao's INT8 configs allow
 
-# torchao 0.18 on a CPU-only torch logs (via `logging`, at import) that its CUDA extensions do
-# not load, and torch logs a deprecation about torchao registering an Enum. Neither concerns
-# CPU inference; drop exactly these two messages, nothing else.
-_NOISE = re.compile(
-    r"Failed to load .*torchao/_C|is an Enum subclass and is now natively supported"
-)
-
-
-class _DropTorchaoNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not _NOISE.search(record.getMessage())
-
-
-for _name in ("torchao", "torch.utils._pytree"):
-    _logger = logging.getLogger(_name)
-    if not any(isinstance(f, _DropTorchaoNoise) for f in _logger.filters):
-        _logger.addFilter(_DropTorchaoNoise())
+# torchao's CPU-only import noise is dropped in mpcourse/__init__.py.
 
 
 def _check_float(x: object, what: str) -> torch.Tensor:

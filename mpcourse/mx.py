@@ -29,7 +29,6 @@ Taught in course/14_microscaling.ipynb.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import NamedTuple
 
@@ -384,28 +383,16 @@ def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
 # --- torchao, imported quietly ----------------------------------------------------------------
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *fragments: str) -> None:
-        super().__init__()
-        self.fragments = fragments
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not any(f in text for f in self.fragments)
-
-
 def import_torchao_mx() -> tuple[object, object]:
     """torchao's ``mx_tensor`` and ``nvfp4_tensor`` modules (the references this module equals).
 
     torchao logs two kinds of known, harmless messages on import on a CPU-only
     machine: its CUDA extensions (``_C*.so``) fail to load, and torch's pytree
     warns that torchao registers Enum classes. Exactly those messages are
-    filtered at their loggers; anything else still shows.
+    filtered at their loggers when ``mpcourse`` is imported; anything else shows.
 
     Taught in course/14_microscaling.ipynb.
     """
-    logging.getLogger("torchao").addFilter(_DropMessages("Failed to load", "Skipping import of"))
-    logging.getLogger("torch.utils._pytree").addFilter(_DropMessages("is an Enum subclass"))
     from torchao.prototype.mx_formats import mx_tensor, nvfp4_tensor
 
     return mx_tensor, nvfp4_tensor
