@@ -163,6 +163,19 @@ def exercise_cells(nb: nbformat.NotebookNode) -> list[int]:
     return sorted(keep)
 
 
+def output_text(cell: nbformat.NotebookNode) -> str:
+    """What a student sees under a code cell: its streams, tracebacks and plain-text results."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type == "error":
+            parts.append("\n".join(out.traceback))
+        elif "text/plain" in out.get("data", {}):
+            parts.append(out.data["text/plain"])
+    return "".join(parts)
+
+
 def run_notebook(
     nb: nbformat.NotebookNode,
     *,

@@ -31,6 +31,7 @@ from mpcourse.grading import (
     mark_cells,
     write_student_version,
 )
+from mpcourse.student import output_text
 
 COURSE = Path(__file__).resolve().parents[1] / "course"
 CHAPTER = "01_float_formats"
@@ -85,16 +86,6 @@ def exercises_by_meta(nb):
         (ids[f"{p}-ex{k}-task"], ids[f"{p}-ex{k}-answer"], ids[f"{p}-ex{k}-check"])
         for k in range(1, n + 1)
     ]
-
-
-def text_of(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.output_type == "stream":
-            parts.append(out.text)
-        elif out.output_type == "error":
-            parts.append("\n".join(out.traceback))
-    return "".join(parts)
 
 
 def test_mark_cells_is_idempotent_and_complete():
@@ -187,7 +178,7 @@ def check_student_version(course):
         assert ran.cells[task].metadata["editable"] is False
         assert "source_hidden" not in ran.cells[answer].metadata.get("jupyter", {})
         assert ran.cells[answer].outputs == []
-        shown = text_of(ran.cells[check]).strip()
+        shown = output_text(ran.cells[check]).strip()
         assert re.fullmatch(r"Not answered yet: [^\n]{10,120}", shown), shown
 
 

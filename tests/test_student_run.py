@@ -20,7 +20,7 @@ from jupyter_client.manager import KernelManager
 from nbclient.exceptions import CellExecutionError
 
 from mpcourse.grading import BEGIN_HIDDEN, add_grading_switch, write_student_version
-from mpcourse.student import STUB, exercise_cells, is_answer_cell, run_notebook
+from mpcourse.student import STUB, exercise_cells, is_answer_cell, output_text, run_notebook
 
 COURSE = Path(__file__).resolve().parents[1] / "course"
 NOTEBOOKS = sorted(p for p in COURSE.glob("*.ipynb") if re.match(r"\d\d_", p.name))
@@ -49,18 +49,6 @@ def kernel():
     km.shutdown_kernel(now=True)
 
 
-def text_of(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        if out.output_type == "stream":
-            parts.append(out.text)
-        elif out.output_type == "error":
-            parts.append("\n".join(out.traceback))
-        elif "text/plain" in out.get("data", {}):
-            parts.append(out.data["text/plain"])
-    return "".join(parts)
-
-
 def check_after(cells, index: int) -> int | None:
     """Index of the check cell that follows the answer cell at ``index``."""
     return next(
@@ -79,10 +67,10 @@ def test_run_all_reaches_the_end(path, released, kernel):
     answers = [i for i, c in enumerate(ran.cells) if is_answer_cell(c)]
     assert len(answers) >= 2
     for i in answers:
-        assert ran.cells[i].outputs == [], f"answer cell {i} printed: {text_of(ran.cells[i])}"
+        assert ran.cells[i].outputs == [], f"answer cell {i} printed: {output_text(ran.cells[i])}"
         j = check_after(ran.cells, i)
         assert j is not None and "checks." in ran.cells[j].source
-        shown = text_of(ran.cells[j]).strip()
+        shown = output_text(ran.cells[j]).strip()
         assert "\n" not in shown and len(shown) <= MAX_LINE, shown
         assert shown.startswith("Not answered yet: "), shown
         assert "Traceback" not in shown and "NotImplementedError(" not in shown
@@ -113,7 +101,7 @@ def test_wrong_answers_and_student_errors_get_one_line(released, kernel):
     )
     ran = run_notebook(student, cells=exercise_cells(student), km=kernel)
     shown = [
-        text_of(ran.cells[check_after(ran.cells, i)]).strip()
+        output_text(ran.cells[check_after(ran.cells, i)]).strip()
         for i, c in enumerate(ran.cells)
         if is_answer_cell(c)
     ]
@@ -138,7 +126,7 @@ def test_nbgrader_hidden_tests_make_a_failing_check_raise_one_line(released, ker
         nbformat.v4.new_code_cell("checks.check_e4m3_max(answer)"),
     ]
     out = run_notebook(nb, km=kernel)  # as released: reports, no raise
-    assert text_of(out.cells[1]).startswith("Not answered yet: ")
+    assert output_text(out.cells[1]).startswith("Not answered yet: ")
     add_grading_switch(nb.cells[1])  # as nbgrader autograde puts it back
     with pytest.raises(CellExecutionError) as info:
         run_notebook(nb, km=kernel)
