@@ -157,25 +157,24 @@ def autocast_dtypes(device: torch.device | str) -> dict[str, bool]:
     return out
 
 
+def cpuinfo_field(key: str) -> str | None:
+    """The first ``key : value`` line of /proc/cpuinfo (Linux), or None."""
+    path = Path("/proc/cpuinfo")
+    if not path.exists():
+        return None
+    m = re.search(rf"^{re.escape(key)}\s*:\s*(.*)$", path.read_text(errors="ignore"), re.M)
+    return m.group(1).strip() if m else None
+
+
 def cpu_features() -> list[str]:
     """Low-precision related CPU flags found in /proc/cpuinfo (Linux), else []."""
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
-    path = Path("/proc/cpuinfo")
-    if not path.exists():
-        return []
-    text = path.read_text(errors="ignore")
-    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    flags = set(m.group(1).split()) if m else set()
+    flags = set((cpuinfo_field("flags") or "").split())
     return [f for f in wanted if f in flags]
 
 
 def cpu_name() -> str:
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        m = re.search(r"^model name\s*:\s*(.*)$", path.read_text(errors="ignore"), re.M)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def autocast_speed(

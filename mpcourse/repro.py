@@ -18,27 +18,20 @@ Taught in course/00_setup.ipynb (how the course is tested).
 from __future__ import annotations
 
 import platform
-import re
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .device import cpu_features
+from .device import cpu_features, cpuinfo_field
 
 METADATA_KEY = "mpcourse"
 BUILT_WITH = "built_with"
 
 
 def _cpu_vendor() -> str:
-    path = Path("/proc/cpuinfo")
-    if path.exists():
-        m = re.search(r"^vendor_id\s*:\s*(.*)$", path.read_text(errors="ignore"), re.M)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or "unknown"
+    return cpuinfo_field("vendor_id") or platform.processor() or "unknown"
 
 
 def environment_key() -> dict[str, Any]:
