@@ -159,6 +159,13 @@ class _Tag(torch.autograd.Function):
         return grad, None
 
 
+def _backward_to_leaves(model: nn.Module, inputs: tuple, loss: torch.Tensor) -> None:
+    """Run the backward pass (firing the hooks) without touching any ``.grad``."""
+    leaves = [p for p in model.parameters() if p.requires_grad]
+    leaves += [x for x in inputs if x.requires_grad]
+    torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
 def first_nonfinite(
     model: nn.Module, *inputs: torch.Tensor, backward: bool = False
 ) -> NonFinite | None:
@@ -219,9 +226,7 @@ def first_nonfinite(
         output = model(*inputs)
         if backward and not found:
             loss = _scalar_loss(output, "first_nonfinite")
-            leaves = [p for p in model.parameters() if p.requires_grad]
-            leaves += [x for x in inputs if x.requires_grad]
-            torch.autograd.grad(loss, leaves, allow_unused=True)
+            _backward_to_leaves(model, inputs, loss)
     finally:
         for h in handles:
             h.remove()
@@ -368,9 +373,7 @@ def headroom(
                 raise ValueError(f"headroom: loss_fn must return a scalar tensor, got {loss!r}")
             if not loss.requires_grad:
                 raise ValueError("headroom: the loss needs no grad (frozen model or no_grad?)")
-            leaves = [p for p in model.parameters() if p.requires_grad]
-            leaves += [x for x in inputs if x.requires_grad]
-            torch.autograd.grad(loss, leaves, allow_unused=True)
+            _backward_to_leaves(model, inputs, loss)
     finally:
         for h in handles:
             h.remove()
