@@ -19,6 +19,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -129,6 +130,44 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+class ChapterSetup(NamedTuple):
+    """What a chapter's first cell needs: where to run, which autocast dtype, a generator."""
+
+    device: torch.device
+    amp_dtype: torch.dtype
+    generator: torch.Generator
+
+
+def setup_chapter(
+    seed: int = 0, threads: int | None = None, device: str | torch.device | None = None
+) -> ChapterSetup:
+    """One call at the top of a chapter: pick the device, its autocast dtype, seed everything.
+
+    ``device`` is passed to :func:`pick_device` (``None``: ``$MPCOURSE_DEVICE`` or the first
+    GPU, else the CPU); the dtype is :func:`amp_dtype`'s default for it; Python, NumPy and
+    torch are seeded with ``seed`` (:func:`seed_everything`, whose generator is returned).
+    ``threads`` (a positive int) sets ``torch.set_num_threads`` when the chapter runs on the
+    CPU: one thread is faster for tiny tensors on a shared machine, and printed digits do
+    not depend on the core count. ``None`` leaves torch's thread count alone.
+
+    >>> device, dtype, gen = setup_chapter(seed=0, device="cpu")
+    >>> device, dtype
+    (device(type='cpu'), torch.bfloat16)
+
+    Taught in course/00_setup.ipynb.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+    chosen = pick_device(device)
+    if threads is not None and chosen.type == "cpu":
+        torch.set_num_threads(threads)
+    return ChapterSetup(chosen, amp_dtype(chosen), seed_everything(seed))
 
 
 def synchronize(device: torch.device | str) -> None:

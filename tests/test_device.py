@@ -173,3 +173,25 @@ def test_default_amp_dtype_is_the_rule_without_the_hardware():
     assert default_amp_dtype("cpu", bf16_native=False) == torch.bfloat16
     with pytest.raises(ValueError, match="device_type must be 'cpu' or 'cuda', got 'mps'"):
         default_amp_dtype("mps", True)
+
+
+def test_setup_chapter_seeds_picks_and_sets_threads(monkeypatch):
+    from mpcourse.device import setup_chapter
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    before = torch.get_num_threads()
+    try:
+        device, dtype, gen = setup_chapter(seed=5, threads=1, device="cpu")
+        assert torch.get_num_threads() == 1
+        assert (device, dtype) == (torch.device("cpu"), amp_dtype("cpu"))
+        first = torch.randn(3)
+        setup = setup_chapter(seed=5, device="cpu")
+        assert torch.equal(torch.randn(3), first)
+        assert torch.equal(torch.randn(2, generator=gen), torch.randn(2, generator=setup.generator))
+        assert setup.device == device and setup.amp_dtype == dtype
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        setup_chapter(threads=0)
+    with pytest.raises(TypeError, match="seed"):
+        setup_chapter(seed=1.5)
