@@ -18,14 +18,14 @@ from mpcourse.checks.distributed import _reference_bytes, _reference_skips
 from mpcourse.distributed import (
     backend_for,
     local_batch,
-    main,
     parse_run,
     rank_ledger,
     shard_rows,
     train_single,
     validate,
 )
-from mpcourse.distributed_launch import LaunchError, _alive_rank, launch, load_model
+from mpcourse.distributed.__main__ import main
+from mpcourse.distributed.launch import LaunchError, _alive_rank, launch, load_model
 
 STEPS = 16
 RUNS = [

@@ -24,29 +24,27 @@ Each rank writes ``OUT/<run name>/rank<r>.json`` (loss, scale, skipped steps,
 local non-finite flags, bytes held, accuracy); rank 0 also writes ``model.pt``.
 Everything that can be checked without processes is checked here first
 (:func:`validate`), so bad input fails before any process group starts;
-:func:`mpcourse.distributed_launch.launch` starts ``torchrun`` with a timeout and always
-cleans up its ranks. The rank-side code is in :mod:`mpcourse.distributed_worker`.
+:func:`mpcourse.distributed.launch.launch` starts ``torchrun`` with a timeout and always
+cleans up its ranks. The rank-side code is in :mod:`mpcourse.distributed.worker`, the
+``torchrun`` entry point in ``mpcourse/distributed/__main__.py``.
 
 Taught in course/13_distributed.ipynb.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from . import master
-from .data import digits
-from .device import pick_device
-from .models import MLP
-from .train import PRECISIONS, autocast_context, backward, make_scaler, optimizer_step
+from .. import master
+from ..data import digits
+from ..device import pick_device
+from ..models import MLP
+from ..train import PRECISIONS, autocast_context, backward, make_scaler, optimizer_step
 
 __all__ = [
     "STRATEGIES",
@@ -360,7 +358,7 @@ def train_single(
     """One process, whole global batches: the reference a DDP run must match.
 
     Same model, optimizer (Adam, lr 0.01), batches and loop (:mod:`mpcourse.train`)
-    as a rank of :mod:`mpcourse.distributed_worker`. Returns the final state dict,
+    as a rank of :mod:`mpcourse.distributed.worker`. Returns the final state dict,
     the loss per step and the test accuracy.
 
     Taught in course/13_distributed.ipynb.
@@ -380,36 +378,3 @@ def train_single(
     with torch.no_grad(), autocast_context(precision, "cpu"):
         acc = (model(test.tensors[0]).argmax(1) == test.tensors[1]).float().mean().item()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses, acc
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``torchrun ... -m mpcourse.distributed``: validate, then run on this rank."""
-    import argparse
-
-    from . import distributed_worker
-
-    p = argparse.ArgumentParser(prog="torchrun ... -m mpcourse.distributed", description=__doc__)
-    p.add_argument("--train", action="append", help="STRATEGY:PRECISION[:key=value,...]")
-    p.add_argument("--strategy", choices=STRATEGIES, help="a single run (with --precision)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--out", required=True, help="folder for the per-rank results")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64, help="global batch (all ranks)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    runs = list(args.train or []) + ([f"{args.strategy}:{args.precision}"] if args.strategy else [])
-    if "RANK" not in os.environ:
-        p.error("start this module with torchrun, e.g. torchrun --standalone --nproc-per-node 2 "
-                "-m mpcourse.distributed --train ddp:fp32 --out runs/a")  # fmt: skip
-    world = int(os.environ["WORLD_SIZE"])
-    specs = validate(runs, world, batch_size=args.batch_size, steps=args.steps)  # before init
-    distributed_worker.run_all(specs, Path(args.out), args.steps, args.batch_size, args.seed)
-
-
-if __name__ == "__main__":
-    main()
-    # Results are written and closed: skip the interpreter's slow teardown of torch (about a
-    # second per rank on a busy 2-core machine), which torchrun would wait for.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

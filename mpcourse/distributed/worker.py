@@ -10,7 +10,7 @@ of :mod:`mpcourse.train` (autocast, ``GradScaler``, ``optimizer_step``) and writ
   the other ranks' (DDP: seen by a comm hook before the all-reduce; FSDP2: the
   rank's shard after the reduce-scatter);
 * the bytes this rank really holds (weights, grads, optimizer states, measured from
-  tensor storages) next to :func:`mpcourse.distributed.rank_ledger`;
+  tensor storages) next to :func:`mpcourse.distributed.runs.rank_ledger`;
 * for ``hook=``/``reduce=`` runs: the error the low-precision reduction adds to the
   averaged gradient, measured against a twin model reduced in FP32 on the same batch,
   and the bytes handed to the collectives by both;
@@ -43,8 +43,10 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import TensorDataset
 
-from .data import digits
-from .distributed import (
+from ..data import digits
+from ..master import tensor_bytes
+from ..train import autocast_context, backward, optimizer_step
+from .runs import (
     DATA_FILE,
     LR,
     RunSpec,
@@ -55,8 +57,6 @@ from .distributed import (
     rank_device,
     rank_ledger,
 )
-from .master import tensor_bytes
-from .train import autocast_context, backward, optimizer_step
 
 __all__ = ["run_all", "run_one", "count_collectives"]
 

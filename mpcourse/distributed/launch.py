@@ -1,6 +1,6 @@
 """Launch ``torchrun`` from Python (a notebook, a test) and read what the ranks wrote.
 
-:func:`launch` validates the runs first (:func:`mpcourse.distributed.validate`: bad input
+:func:`launch` validates the runs first (:func:`mpcourse.distributed.runs.validate`: bad input
 fails before any process starts), runs ``torchrun --standalone`` (a free port each time,
 so parallel launches do not collide) with a timeout, and always cleans up: ranks run in
 their own sessions, so they are found through the pid files they write and killed if
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from .data import digits
-from .device import pick_device
-from .distributed import DATA_FILE, RunSpec, parse_run, validate
+from ..data import digits
+from ..device import pick_device
+from .runs import DATA_FILE, RunSpec, parse_run, validate
 
 __all__ = ["LaunchError", "LaunchResult", "launch", "still_running", "load_results", "load_model"]
 
@@ -97,7 +97,7 @@ def launch(
     cmd += [x for s in specs for x in ("--train", s.as_arg())]
     cmd += ["--out", str(out), "--steps", str(steps), "--batch-size", str(batch_size)]
     cmd += ["--seed", str(seed)]
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, OMP_NUM_THREADS="1", MPCOURSE_NO_PROGRESS="1", MPCOURSE_DEVICE=kind)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     start = time.perf_counter()
