@@ -389,3 +389,87 @@ def test_accumulation_table_and_plot():
     plt.close("all")
     with pytest.raises(ValueError, match="one value per n"):
         accumulation_table([10, 100, 1000], errors)
+
+
+def _lost_band(w):
+    """A right answer to chapter 02's exercise 1, from the neighbouring bit patterns."""
+    bits = torch.tensor(w).half().view(torch.int16).item()
+    below = torch.tensor(bits - 1, dtype=torch.int16).view(torch.float16).item()
+    above = (
+        65536.0
+        if w == 65504
+        else torch.tensor(bits + 1, dtype=torch.int16).view(torch.float16).item()
+    )
+    return (w - below) / 2, (above - w) / 2, bits % 2 == 0
+
+
+def test_lost_band_reference_agrees_with_update_survives():
+    from mpcourse.checks.numerics import _lost_band_reference
+
+    gen = torch.Generator().manual_seed(0)
+    for bits in torch.randint(1, 0x7BFF + 1, (300,), generator=gen).tolist() + [1, 0x400, 0x7BFF]:
+        w = torch.tensor(bits, dtype=torch.int16).view(torch.float16).item()
+        down, up, ties_lost = _lost_band_reference(w)
+        for u in (up, -down):
+            assert bool(numerics.update_survives(w, u)) is not ties_lost
+            assert not numerics.update_survives(w, 0.99 * u) and numerics.update_survives(
+                w, 1.01 * u
+            )
+
+
+@pytest.mark.parametrize(
+    "wrong, advice",
+    [
+        (lambda w: (numerics.update_threshold(w).item(),) * 2 + (True,), "half as large"),
+        (lambda w: (*_lost_band(w)[:2], True), "1025 is odd"),
+        (lambda w: (2 * _lost_band(w)[0], 2 * _lost_band(w)[1], _lost_band(w)[2]), "\\*half\\*"),
+        (lambda w: _lost_band(w)[:2], "three values"),
+    ],
+)
+def test_check_lost_band(wrong, advice):
+    assert checks.check_lost_band(_lost_band)
+    with pytest.raises(checks.CheckFailed, match=advice):
+        checks.check_lost_band(wrong)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_lost_band(stub)
+
+
+def _smallest_scale(grads, max_lost, lost_rule=None, overflow=True):
+    """A right answer to chapter 03's exercise 2 (and, with a rule, typical wrong ones)."""
+    nz = grads[grads != 0].double()
+    scale = 1.0
+    while scale < 2.0**200:
+        cast = (nz * scale).half()
+        if overflow and torch.isinf(cast).any():
+            return None
+        lost = (cast == 0).double().mean().item() if lost_rule is None else lost_rule(grads, scale)
+        if lost <= max_lost:
+            return scale
+        scale *= 2
+    return None
+
+
+@pytest.mark.parametrize(
+    "wrong, advice",
+    [
+        (lambda g, m: _smallest_scale(g, m, overflow=False) or 1.0, "return None"),
+        (
+            lambda g, m: _smallest_scale(
+                g, m, lambda g, s: ((g[g != 0].double() * s).abs() < 2.0**-24).double().mean()
+            ),
+            "round \\*up\\* to 2\\^-24",
+        ),
+        (
+            lambda g, m: _smallest_scale(
+                g, m, lambda g, s: (((g.double() * s).half() == 0) & (g != 0)).double().mean()
+            ),
+            "\\*nonzero\\* gradients only",
+        ),
+    ],
+)
+def test_check_smallest_scale(wrong, advice):
+    assert checks.check_smallest_scale(_smallest_scale)
+    with pytest.raises(checks.CheckFailed, match=advice):
+        checks.check_smallest_scale(wrong)
+    with pytest.raises(checks.NotAnswered):
+        checks.check_smallest_scale(stub)

@@ -38,7 +38,9 @@ from .numerics import (
     check_adam_eps,
     check_adam_survivors,
     check_flushed_share,
+    check_lost_band,
     check_lost_fraction,
+    check_smallest_scale,
     check_stable_softmax,
     check_update_survives,
 )

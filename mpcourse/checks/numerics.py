@@ -19,6 +19,8 @@ __all__ = [
     "check_flushed_share",
     "check_adam_eps",
     "check_adam_survivors",
+    "check_lost_band",
+    "check_smallest_scale",
 ]
 
 # (w, update, what the case teaches): around w = 1 (spacing 2^-10 above, 2^-11 below),
@@ -429,4 +431,188 @@ def _adam_diagnosis(g16: torch.Tensor, got: torch.Tensor, beta2: float, eps: flo
         "at the first step m = 0.1 g and v = (1 - beta2) g^2 are stored in FP16, and so is eps: "
         "the update m_hat / (sqrt(v_hat) + eps) is finite unless the denominator is 0 "
         "(m/0 = inf, 0/0 = NaN)."
+    )
+
+
+# ---- chapter 02, exercise 1: the band of updates that FP16 swallows around a weight ----
+
+_TOP = 0x7BFF  # the bit pattern of 65504, FP16's largest finite value
+
+
+def _lost_band_reference(w: float) -> tuple[float, float, bool]:
+    """Half the gap to each FP16 neighbour of ``w`` (> 0, finite) and whether ties stay at w."""
+    bits = int(torch.tensor(w, dtype=torch.float64).half().view(torch.int16).item())
+    below = torch.tensor(bits - 1, dtype=torch.int16).view(torch.float16).item()
+    down = (w - below) / 2
+    up = (
+        16.0
+        if bits == _TOP
+        else (torch.tensor(bits + 1, dtype=torch.int16).view(torch.float16).item() - w) / 2
+    )  # from 65504 + 16 = 65520 on, FP16 rounds to inf
+    return down, up, bits % 2 == 0  # a tie goes to the neighbour whose last bit is 0
+
+
+_BAND_CASES = [  # (w, what it teaches when the answer is wrong there)
+    (1.0, "just below a power of two the spacing is half as large: 2^-11 below 1, 2^-10 above."),
+    (
+        1025.0,
+        "1025 is odd (its last mantissa bit is 1): a tie rounds to the even neighbour, "
+        "away from 1025, so an update of exactly half a gap survives there.",
+    ),
+    (
+        1024.0,
+        "1024 is a power of two: the gap below is 0.5, the gap above is 1; its last "
+        "mantissa bit is 0, so ties come back to 1024 (lost).",
+    ),
+    (2.0**-20, "2^-20 is a subnormal: FP16's subnormals are all 2^-24 apart, on both sides."),
+    (
+        2.0**-14,
+        "at 2^-14, the smallest normal, the gap below (to the largest subnormal) is "
+        "2^-24, the same as the gap above.",
+    ),
+    (
+        2.0**-24,
+        "below the smallest subnormal 2^-24 comes 0, a gap of 2^-24; 2^-24's last bit "
+        "is 1, so the tie 2^-25 rounds to the even neighbour, 0: the update survives.",
+    ),
+    (
+        65504.0,
+        "above 65504 there is no finite neighbour: FP16 rounds to inf from 65520 on, "
+        "so the lost band above 65504 is 16, and the tie 65520 becomes inf (it survives).",
+    ),
+]
+
+
+def _band_hint(w: float, got: tuple, expected: tuple, lesson: str) -> str:
+    if got[0] == 2 * expected[0] and got[1] == 2 * expected[1]:
+        return "an update is lost up to *half* the gap to the neighbour (round to nearest)."
+    return lesson
+
+
+def check_lost_band(lost_band: Callable[[float], tuple[float, float, bool]]) -> bool:
+    """``lost_band(w) -> (down, up, ties_lost)`` for a positive finite FP16 value ``w``.
+
+    An update ``u`` with ``-down < u < up`` leaves ``w`` unchanged in FP16, one beyond
+    changes it; ``ties_lost`` says whether ``u = up`` and ``u = -down`` are lost too.
+    Hand-picked cases (powers of two, odd values, subnormals, 65504), then 300 random FP16
+    values, new every run.
+    """
+    require_answer(lost_band, "`lost_band`")
+    rng = random.Random()
+    cases = list(_BAND_CASES) + [
+        (torch.tensor(rng.randrange(1, _TOP + 1), dtype=torch.int16).view(torch.float16).item(), "")
+        for _ in range(300)
+    ]
+    for w, lesson in cases:
+        where = f"lost_band({w!r})"
+        got = call_answer(lost_band, w, what="lost_band")
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            fail(f"{where} should return three values (down, up, ties_lost), got {got!r}.")
+        down, up, ties = (float(got[0]), float(got[1]), bool(got[2]))
+        expected = _lost_band_reference(w)
+        if (down, up) != expected[:2]:
+            hint = _band_hint(w, (down, up), expected, lesson)
+            expect_equal((down, up), expected[:2], where + " (down, up)", hint=hint)
+        if ties != expected[2]:
+            hint = lesson or (
+                "a tie rounds to the neighbour whose last mantissa bit is 0: it stays at w "
+                "exactly when w's own last bit is 0."
+            )
+            expect_equal(ties, expected[2], where + " ties_lost", hint=hint)
+    return passed(
+        f"lost_band() gives the swamping band of {len(_BAND_CASES)} hand-picked FP16 weights "
+        "and 300 random ones, ties included."
+    )
+
+
+# ---- chapter 03, exercise 2: the smallest loss scale that rescues the gradients ----
+
+
+def _smallest_scale_reference(grads: torch.Tensor, max_lost: float) -> float | None:
+    nonzero = grads[grads != 0].double()
+    if nonzero.numel() == 0:
+        return 1.0
+    for k in range(0, 200):
+        scaled = (nonzero * 2.0**k).half()  # one rounding, as the FP16 backward pass stores it
+        if torch.isinf(scaled).any():
+            return None  # a larger scale only overflows more
+        if (scaled == 0).double().mean().item() <= max_lost:
+            return 2.0**k
+    return None
+
+
+def _random_gradients(gen: torch.Generator, low: float, high: float, n: int = 4000):
+    g = torch.randn(n, generator=gen) * torch.exp2(
+        torch.empty(n).uniform_(low, high, generator=gen)
+    )
+    g[::6] = 0  # ReLUs and max-pools leave exact zeros
+    return g
+
+
+def _first_scale(lost_share: Callable[[torch.Tensor], float], max_lost: float) -> float:
+    """The first S = 2^k whose ``lost_share(S)`` is at most ``max_lost`` (a wrong rule's S)."""
+    return next((2.0**k for k in range(200) if lost_share(2.0**k) <= max_lost), math.nan)
+
+
+def _scale_hint(grads: torch.Tensor, max_lost: float, got: object, expected: object) -> str:
+    g, nz = grads.double(), grads != 0
+    if expected is None:
+        return (
+            "with this scale the largest gradients overflow to inf in FP16: when every scale "
+            "that saves the small ones overflows the large ones, return None."
+        )
+    if isinstance(got, (int, float)) and got == math.log2(expected):
+        return "return the scale S = 2^k itself, not its exponent k."
+    wrong_rules = {
+        "values between 2^-25 and 2^-24 round *up* to 2^-24: let the cast decide, "
+        "(S * g).half() == 0.": lambda s: ((g[nz] * s).abs() < 2.0**-24).double().mean().item(),
+        "count the lost share among the *nonzero* gradients only (divide by their number): "
+        "exact zeros stay zero at any scale.": lambda s: (
+            (((g * s).half() == 0) & nz).double().mean().item()
+        ),
+        "exact zeros are not lost gradients: they stay zero at any scale; count only the "
+        "nonzero ones.": lambda s: ((g * s).half() == 0).double().mean().item(),
+    }
+    for advice, rule in wrong_rules.items():
+        if got == _first_scale(rule, max_lost):
+            return advice
+    return (
+        "try S = 1, 2, 4, ... and keep the first one whose FP16 cast loses at most max_lost "
+        "of the nonzero gradients and overflows none."
+    )
+
+
+def check_smallest_scale(smallest_scale: Callable[[torch.Tensor, float], float | None]) -> bool:
+    """``smallest_scale(grads, max_lost)``: the smallest power of two ``S >= 1`` whose product
+    with the FP32 gradients, cast to FP16, loses at most ``max_lost`` of the nonzero values to
+    0 and overflows none; ``None`` when no such ``S`` exists. Random gradients, new every run.
+    """
+    require_answer(smallest_scale, "`smallest_scale`")
+    gen = torch.Generator().manual_seed(random.Random().randrange(2**31))
+    cases = [
+        (
+            "4000 gradients of 2^-12 to 2^-2 (all FP16 normals)",
+            _random_gradients(gen, -12, -2),
+            0.0,
+        ),
+        ("4000 gradients of 2^-38 to 2^-8", _random_gradients(gen, -38, -8), 0.01),
+        ("4000 gradients of 2^-34 to 2^-12", _random_gradients(gen, -34, -12), 0.0),
+        ("4000 gradients of 2^-40 to 2^-14", _random_gradients(gen, -40, -14), 0.1),
+        (
+            "4000 gradients of 2^-40 to 2^10 (no scale fits both ends)",
+            _random_gradients(gen, -40, 10),
+            0.0,
+        ),
+    ]
+    for text, grads, max_lost in cases:
+        where = f"smallest_scale({text}, max_lost={max_lost})"
+        got = call_answer(smallest_scale, grads.clone(), max_lost, what="smallest_scale")
+        expected = _smallest_scale_reference(grads, max_lost)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if got != expected:
+            expect_equal(got, expected, where, hint=_scale_hint(grads, max_lost, got, expected))
+    return passed(
+        "smallest_scale() finds the loss scale on five random sets of gradients, one that no "
+        "scale fits included."
     )
