@@ -121,9 +121,11 @@ def test_doctor_verdict_says_what_to_use():
     """B2: one line to act on, with the measured FP16 slowdown; no raw None/yes values."""
     text = str(_report())
     assert text.splitlines()[-1] == (
-        "this machine: use bf16 autocast, no GradScaler; FP16 has no fast kernels here: a "
+        "this machine: use bf16 autocast, no GradScaler; FP16 is slow here: a "
         "training step is 30x slower; a small bf16 training step here is 1.5x faster than FP32"
     )
+    routed = _report(cpu_routes={"bfloat16": "oneDNN", "float16": "ATen"}).verdict()
+    assert "FP16 is slow here (PyTorch runs FP16 in its generic kernels): a training" in routed
     assert "None" not in text and "=yes" not in text and "n/a (CUDA only)" in text
     assert "float16: runs (30x slower than FP32 in a training step)" in text
     gpu = _report(
@@ -195,3 +197,98 @@ def test_setup_chapter_seeds_picks_and_sets_threads(monkeypatch):
         setup_chapter(threads=0)
     with pytest.raises(TypeError, match="seed"):
         setup_chapter(seed=1.5)
+
+
+def test_speed_words_never_say_1x_slower():
+    """N-I11: a ratio of 0.8 read "1x slower"."""
+    from mpcourse.device import _speed_words
+
+    assert _speed_words(0.8) == "0.80x the speed of FP32"
+    assert _speed_words(1.0) == "about as fast as FP32 (1.00x)"
+    assert _speed_words(0.97) == "about as fast as FP32 (0.97x)"
+    assert _speed_words(1.5) == "1.5x faster than FP32"
+    assert _speed_words(1 / 30) == "30x slower than FP32"
+
+
+X86_INFO = "processor : 0\nflags : fpu avx2 avx512f avx512bw avx512_bf16 amx_tile amx_bf16\n"
+ARM_INFO = "processor : 0\nFeatures : fp asimd fphp asimdhp bf16 i8mm\n"
+
+
+def test_cpu_low_precision_reads_the_flags_of_each_architecture():
+    from mpcourse.device import cpu_low_precision
+
+    x86 = cpu_low_precision(X86_INFO, "x86_64")
+    assert x86 == {
+        "avx512_bf16": "yes",
+        "amx_bf16": "yes",
+        "avx512_fp16": "no",
+        "amx_fp16": "no",
+        "avx_ne_convert": "no",
+    }
+    arm = cpu_low_precision(ARM_INFO, "aarch64")
+    assert arm == {"fphp": "yes", "asimdhp": "yes", "asimdfhm": "no", "bf16": "yes"}
+    assert set(cpu_low_precision(ARM_INFO, "x86_64").values()) == {"unknown"}  # no flags line
+    assert cpu_low_precision(X86_INFO, "riscv64") == {"low-precision instructions": "unknown"}
+
+
+def test_unknown_cpu_reports_unknown_and_never_crashes(monkeypatch):
+    """Bad input: no /proc/cpuinfo, a non-x86/ARM machine."""
+    import pathlib
+    import platform
+
+    import mpcourse.device as dev
+
+    real_read, real_exists = pathlib.Path.read_text, pathlib.Path.exists
+
+    def read_text(self, *a, **k):
+        if str(self) == "/proc/cpuinfo":
+            raise FileNotFoundError(self)
+        return real_read(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    monkeypatch.setattr(
+        pathlib.Path, "exists", lambda self: str(self) != "/proc/cpuinfo" and real_exists(self)
+    )
+    assert set(dev.cpu_low_precision(machine="x86_64").values()) == {"unknown"}
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert dev.cpu_arch() == "unknown"
+    assert dev.cpu_low_precision() == {"low-precision instructions": "unknown"}
+    assert dev.cpu_features() == [] and dev.cpu_name() == "riscv64"
+    report = dev.environment_report("cpu", measure=False)
+    assert report.cpu_instructions == {"low-precision instructions": "unknown"}
+    assert "low-precision instructions unknown" in str(report)
+
+
+def test_cpu_routes_ask_pytorch(monkeypatch):
+    from mpcourse.device import cpu_low_precision, cpu_routes
+
+    routes = cpu_routes()
+    assert set(routes) == {"bfloat16", "float16"}
+    assert set(routes.values()) <= {"oneDNN", "ATen", "unknown"}
+    assert routes["bfloat16"] == (
+        "oneDNN" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "ATen"
+    )
+    have = cpu_low_precision()
+    # PyTorch's FP16 condition on x86 (mkldnn/Utils.h): AVX-NE-CONVERT or AVX512-FP16
+    if torch.backends.mkldnn.enabled and "yes" in (
+        have.get("avx512_fp16"),
+        have.get("avx_ne_convert"),
+    ):
+        assert routes["float16"] == "oneDNN"
+    if have.get("avx512_bf16") == "yes" and torch.backends.mkldnn.enabled:  # implies AVX-512
+        assert routes["bfloat16"] == "oneDNN"
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert cpu_routes() == {"bfloat16": "ATen", "float16": "ATen"}
+
+
+def test_dtype_speed_times_every_op_and_dtype():
+    from mpcourse.device import cpu_low_precision, cpu_routes, dtype_speed, format_low_precision
+
+    threads = torch.get_num_threads()
+    speed = dtype_speed("cpu", size=32, min_run_time=0.001)
+    assert torch.get_num_threads() == threads  # restored
+    assert list(speed) == ["matmul forward", "matmul backward", "conv forward", "conv backward"]
+    assert all(set(r) == {"bfloat16", "float16"} and min(r.values()) > 0 for r in speed.values())
+    text = format_low_precision(cpu_low_precision(), cpu_routes(), speed)
+    assert text.splitlines()[0].startswith("hardware: ") and "conv backward" in text
