@@ -172,10 +172,47 @@ class BitExplorer:
         self.render()
 
 
+def static_html(bits: int, fmt: FloatFormat) -> str:
+    """The explorer's state as a static HTML figure: coloured bits and the derivation.
+
+    It travels with the widget in the cell's output (``text/html``), so a page
+    rendered without a kernel (the book, GitHub) shows the figure, with a note that
+    it is live in JupyterLab.
+    """
+    cells = []
+    for i in range(fmt.bits):
+        bit = (bits >> (fmt.bits - 1 - i)) & 1
+        field = "sign" if i == 0 else "exponent" if i <= fmt.exponent_bits else "mantissa"
+        color = FIELD_COLORS[field] if bit else OFF_COLOR
+        cells.append(
+            f'<span title="{field} bit" style="display:inline-block;width:22px;'
+            f"text-align:center;margin:1px;background:{color};color:{'#fff' if bit else '#000'};"
+            f'font-family:monospace">{bit}</span>'
+        )
+    return (
+        '<div class="mpcourse-bit-explorer">'
+        f"<div>{''.join(cells)}</div><pre>{explain(bits=bits, fmt=fmt)}</pre>"
+        "<p><em>A static picture of the bit explorer: run the notebook in JupyterLab to flip "
+        "the bits, change the format and type a value.</em></p></div>"
+    )
+
+
 def bit_explorer(fmt: FloatFormat = FP16, value: float = 1.0):
     """An ipywidgets panel: one button per bit, a format menu, a box to type a value.
 
     Returns the widget (display it as a cell's last expression). Needs a live
-    Jupyter kernel; :func:`explain` is the static fallback.
+    Jupyter kernel; its output also carries :func:`static_html` of the starting
+    state, which pages rendered without a kernel show instead.
     """
-    return BitExplorer(fmt, value).widget
+    import ipywidgets as w
+
+    explorer = BitExplorer(fmt, value)
+
+    class _Panel(w.VBox):
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = super()._repr_mimebundle_(**kwargs)
+            if bundle is not None:
+                bundle["text/html"] = static_html(explorer.bits, explorer.fmt)
+            return bundle
+
+    return _Panel(list(explorer.widget.children))

@@ -61,3 +61,83 @@ def test_front_page_is_the_readme_with_its_chapter_table(book: Path):
     table = index.split("<table", 1)[1].split("</table>", 1)[0]
     for path in CHAPTERS:
         assert f"course/{path.stem}.html" in table, f"chapter table lacks {path.stem}"
+
+
+def test_pages_load_nothing_from_the_network(book: Path):
+    """Every script, stylesheet, image and font a page loads lies in the book itself
+    (hyperlinks to papers and docs are fine: they are read, not loaded)."""
+    tag = re.compile(r'<(?:script|img)\b[^>]*\bsrc="(?:https?:)?//[^"]+"[^>]*>|<link\b[^>]*>')
+    remote = re.compile(r'\b(?:src|href)="(?:https?:)?//')
+    loaded = re.compile(r'rel="(?:stylesheet|icon|preload|modulepreload|prefetch)"')
+    for page in [book / "index.html", *sorted((book / "course").glob("*.html"))]:
+        html = page.read_text(encoding="utf-8")
+        found = [
+            t[:120]
+            for t in tag.findall(html)
+            if remote.search(t) and (not t.startswith("<link") or loaded.search(t))
+        ]
+        assert not found, f"{page.name} loads from the network: {found}"
+
+
+def _browser_path() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium found: apt-get install chromium (.ci/run does)")
+
+
+# Pages with formulas and plots, and the page with the bit explorer's static figure.
+OFFLINE_PAGES = ["01_float_formats", "02_fp16_limits", "05_loss_scaling", "14_microscaling"]
+
+
+def test_math_and_images_render_offline_in_chromium(book: Path):
+    """Chromium, every request outside the book refused: formulas are typeset by the
+    book's own MathJax, every image loads, no raw ``$...$`` is left in the text."""
+    pytest.importorskip("playwright", reason="pip install -e '.[test]' brings Playwright")
+    from playwright.sync_api import sync_playwright
+
+    chromium = _browser_path()
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=flags)
+        try:
+            for stem in OFFLINE_PAGES:
+                page = browser.new_page()
+                refused: list[str] = []
+
+                def route(r, refused=refused):
+                    if r.request.url.startswith("file://"):
+                        r.continue_()
+                    else:
+                        refused.append(r.request.url)
+                        r.abort()
+
+                page.route("**/*", route)
+                page.goto((book / "course" / f"{stem}.html").as_uri())
+                page.wait_for_function(
+                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                    timeout=30_000,
+                )
+                page.evaluate("() => MathJax.startup.promise")
+                typeset = page.locator("mjx-container").count()
+                text = page.locator("article").inner_text()
+                raw = re.findall(r"\$[^$\n]{1,40}\$", text)
+                broken = page.evaluate(
+                    "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+                    ".map(i => i.src)"
+                )
+                page.close()
+                assert typeset > 0, f"{stem}: no formula typeset by MathJax"
+                assert not raw, f"{stem}: raw TeX left in the page: {raw[:3]}"
+                assert not broken, f"{stem}: images that did not load: {broken[:3]}"
+                assert not refused, f"{stem}: the page asked the network for {refused[:3]}"
+        finally:
+            browser.close()
+
+
+def test_bit_explorer_is_a_static_figure_in_the_book(book: Path):
+    html = (book / "course" / "01_float_formats.html").read_text(encoding="utf-8")
+    assert "mpcourse-bit-explorer" in html, "the bit explorer's static figure is missing"
+    assert "live" in html.split("mpcourse-bit-explorer", 1)[1][:3000]

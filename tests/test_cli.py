@@ -37,6 +37,21 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in block
 
 
+def test_cpu_only_commands_are_the_two_commands_with_the_cpu_build_of_torch_first():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    def block(marker: str) -> str:
+        return readme.split(f"<!-- {marker} -->", 1)[1].split("```bash\n", 1)[1].split("\n```")[0]
+
+    cpu_torch = "pip install torch --index-url https://download.pytorch.org/whl/cpu && "
+    for name in ("open-command", "test-command"):
+        variant = block(f"{name}-cpu")
+        assert cpu_torch in variant, f"{name}-cpu does not install the CPU build of torch first"
+        assert variant.replace(cpu_torch, "") == block(name), f"{name}-cpu drifted from {name}"
+
+
 def test_bench_options_reach_the_benchmark():
     result = subprocess.run(
         [sys.executable, "-m", "mpcourse", "bench", "--help"], capture_output=True, text=True

@@ -15,7 +15,10 @@ from pathlib import Path
 
 project = "mpcourse: mixed precision training, from the bits up"
 author = "mpcourse developers"
-extensions = ["myst_nb"]
+# Math is rendered by MathJax 3 served from the book's own _static/ (sphinx-mathjax-offline
+# ships it): an offline reader sees formulas, not raw TeX, and nothing is fetched.
+extensions = ["myst_nb", "sphinx-mathjax-offline"]
+myst_enable_extensions = ["dollarmath", "amsmath"]
 root_doc = "README"
 include_patterns = ["README.md", "CONTRIBUTING.md", "course/[0-9][0-9]_*.ipynb"]
 exclude_patterns = ["build", ".venv", "**/.ipynb_checkpoints"]
@@ -23,6 +26,10 @@ nb_execution_mode = "off"  # the committed outputs are the book's outputs
 nb_merge_streams = True
 myst_heading_anchors = 3
 suppress_warnings = ["mystnb.unknown_mime_type"]  # widget views: shown live in JupyterLab
+# Widgets are live in JupyterLab only: the book shows their static twin (the text/html
+# the bit explorer puts beside its widget view) and loads no widget JavaScript from a CDN.
+nb_ipywidgets_js = {}
+nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None)]
 html_theme = "sphinx_book_theme"
 html_title = "mpcourse"
 html_theme_options = {"show_toc_level": 2}
