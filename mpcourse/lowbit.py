@@ -63,44 +63,51 @@ MX_RECIPES: dict[str, tuple[FloatFormat, FloatFormat, FloatFormat] | None] = {
     "fp32": None,
     "fp8 per-tensor": None,
     "mxfp8": (FP8_E4M3, FP8_E4M3, FP8_E4M3),
+    "mxfp8 rceil": (FP8_E4M3, FP8_E4M3, FP8_E4M3),
     "mxfp4 weights": (FP8_E4M3, FP4_E2M1, FP8_E4M3),
     "mxfp4": (FP4_E2M1, FP4_E2M1, FP4_E2M1),
-}
+    "mxfp4 rceil": (FP4_E2M1, FP4_E2M1, FP4_E2M1),
+}  # " rceil": MX scales by the RCEIL rule (mpcourse.mx.mx_quantize), the others by FLOOR
 
 
-def mx_matmul_quantize(t: torch.Tensor, fmt: FloatFormat, block_size: int = 32) -> torch.Tensor:
+def mx_matmul_quantize(
+    t: torch.Tensor, fmt: FloatFormat, block_size: int = 32, scale_mode: str = "floor"
+) -> torch.Tensor:
     """MX round trip of ``t`` along its last dimension, zero-padded to a multiple of ``block_size``.
+
+    ``scale_mode`` is :func:`mpcourse.mx.mx_quantize`'s (``"floor"`` or ``"rceil"``).
 
     Taught in course/14_microscaling.ipynb.
     """
     k = t.shape[-1]
     pad = (-k) % block_size
     padded = F.pad(t.float(), (0, pad)) if pad else t.float()
-    return mx_fake_quantize(padded, fmt, block_size)[..., :k]
+    return mx_fake_quantize(padded, fmt, block_size, scale_mode)[..., :k]
 
 
 class _MXMatmul(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, fmts: tuple) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, fmts: tuple, mode: str) -> torch.Tensor:
         fin, fw, _ = fmts
         ctx.save_for_backward(x, w)
-        ctx.fmts = fmts
-        return mx_matmul_quantize(x, fin) @ mx_matmul_quantize(w, fw).T
+        ctx.fmts, ctx.mode = fmts, mode
+        return mx_matmul_quantize(x, fin, 32, mode) @ mx_matmul_quantize(w, fw, 32, mode).T
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         x, w = ctx.saved_tensors
-        fin, fw, fg = ctx.fmts
-        dx = mx_matmul_quantize(dy, fg) @ mx_matmul_quantize(w.T, fw).T
-        dw = mx_matmul_quantize(dy.T, fg) @ mx_matmul_quantize(x.T, fin).T
-        return dx, dw, None
+        (fin, fw, fg), m = ctx.fmts, ctx.mode
+        dx = mx_matmul_quantize(dy, fg, 32, m) @ mx_matmul_quantize(w.T, fw, 32, m).T
+        dw = mx_matmul_quantize(dy.T, fg, 32, m) @ mx_matmul_quantize(x.T, fin, 32, m).T
+        return dx, dw, None, None
 
 
 class MXLinear(nn.Linear):
     """``nn.Linear`` whose three matmuls (forward, $dx$, $dW$) run in simulated MX.
 
     ``fmts = (input, weight, grad)`` element formats, e.g.
-    ``MX_RECIPES["mxfp8"]``. The bias is added in FP32 after the matmul.
+    ``MX_RECIPES["mxfp8"]``; ``scale_mode`` the MX scale rule (``"floor"`` or
+    ``"rceil"``). The bias is added in FP32 after the matmul.
 
     Taught in course/14_microscaling.ipynb.
     """
@@ -111,13 +118,15 @@ class MXLinear(nn.Linear):
         out_features: int,
         fmts: tuple[FloatFormat, FloatFormat, FloatFormat],
         bias: bool = True,
+        scale_mode: str = "floor",
     ) -> None:
         super().__init__(in_features, out_features, bias)
-        self.fmts = fmts
+        self.fmts, self.scale_mode = fmts, scale_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        y = _MXMatmul.apply(flat, self.weight, self.fmts).reshape(*x.shape[:-1], -1)
+        y = _MXMatmul.apply(flat, self.weight, self.fmts, self.scale_mode)
+        y = y.reshape(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
 
@@ -126,7 +135,8 @@ def convert_linears(model: nn.Module, recipe: str) -> nn.Module:
 
     ``recipe`` is a key of :data:`MX_RECIPES`: ``"fp32"`` (unchanged copy),
     ``"fp8 per-tensor"`` (:class:`mpcourse.fp8.FP8Linear` with current scaling:
-    E4M3 forward, E5M2 gradients), or an MX recipe (:class:`MXLinear`).
+    E4M3 forward, E5M2 gradients), or an MX recipe (:class:`MXLinear`; names
+    ending in ``" rceil"`` use the RCEIL scale rule, the others FLOOR).
     Convolutions stay FP32, as in torchao's MX and float8 training.
 
     Taught in course/14_microscaling.ipynb.
@@ -148,7 +158,9 @@ def convert_linears(model: nn.Module, recipe: str) -> nn.Module:
                     sub.in_features, sub.out_features, has_bias, scaling="current"
                 )
             else:
-                new = MXLinear(sub.in_features, sub.out_features, MX_RECIPES[recipe], has_bias)
+                mode = "rceil" if recipe.endswith(" rceil") else "floor"
+                fmts = MX_RECIPES[recipe]
+                new = MXLinear(sub.in_features, sub.out_features, fmts, has_bias, mode)
             new.load_state_dict(sub.state_dict())
             setattr(child, attr, new)
     return model

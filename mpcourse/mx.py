@@ -42,6 +42,7 @@ __all__ = [
     "e8m0_encode",
     "e8m0_decode",
     "element_emax",
+    "SCALE_MODES",
     "mx_quantize",
     "mx_dequantize",
     "mx_fake_quantize",
@@ -147,15 +148,42 @@ def _blocks(x: torch.Tensor, block_size: object, what: str) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
 
 
+SCALE_MODES = ("floor", "rceil")
+
+
+def _rceil_exponent(descale: torch.Tensor) -> torch.Tensor:
+    """$\\lceil\\log_2 d\\rceil$ of float32 values, exactly, clamped to $[-127, 127]$ (int64).
+
+    $d = 0$ gives $-127$ (E8M0's smallest scale), $d = \\infty$ gives $127$.
+    """
+    ok = torch.isfinite(descale) & (descale > 0)
+    mantissa, e = torch.frexp(torch.where(ok, descale, torch.ones_like(descale)))
+    e = e.to(torch.int64) - (mantissa == 0.5).to(torch.int64)  # d = 2^k exactly: ceil is k
+    e = torch.where(torch.isinf(descale), E8M0_BIAS, e)
+    e = torch.where(descale == 0, -E8M0_BIAS, e)
+    return e.clamp(-E8M0_BIAS, E8M0_BIAS)
+
+
 def mx_quantize(
-    x: torch.Tensor, elem_fmt: FloatFormat, block_size: int = 32
+    x: torch.Tensor, elem_fmt: FloatFormat, block_size: int = 32, scale_mode: str = "floor"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MX-quantize ``x`` in blocks of ``block_size`` along its last dimension: ``(scale, q)``.
 
-    ``scale`` (float32, shape ``x.shape[:-1] + (n_blocks,)``) is
-    $X = 2^{\\lfloor\\log_2 a\\rfloor - e_{max}}$ clamped to E8M0's range
-    $[2^{-127}, 2^{127}]$; ``q`` (float32, ``x``'s shape) is
-    ``round_to(x / X, elem_fmt, saturate=True)``, so ``q * X`` approximates ``x``.
+    ``scale`` (float32, shape ``x.shape[:-1] + (n_blocks,)``) is, for a block
+    with amax $a$ and an element format with largest value $m$:
+
+    * ``scale_mode="floor"`` (OCP MX v1.0, section 6.3; torchao's ``to_mx``
+      default argument): $X = 2^{\\lfloor\\log_2 a\\rfloor - e_{max}}$; a block
+      maximum can land above $m$ and saturate (clip by up to 12.5% in E4M3,
+      25% in E2M1);
+    * ``scale_mode="rceil"`` (cuBLAS's and Transformer Engine's rule, and what
+      torchao's MX training and inference configs use):
+      $X = 2^{\\lceil\\log_2 (a / m)\\rceil}$ with $a/m$ computed in float32: the
+      exact scale $a/m$ rounded *up* to a power of two, so nothing clips;
+
+    both clamped to E8M0's range $[2^{-127}, 2^{127}]$; ``q`` (float32, ``x``'s
+    shape) is ``round_to(x / X, elem_fmt, saturate=True)``, so ``q * X``
+    approximates ``x``.
 
     Edge blocks: all zeros give $X = 2^{-127}$ and zeros (signs kept); a block
     whose amax is tiny (float32-subnormal included) gets the smallest scale
@@ -169,13 +197,18 @@ def mx_quantize(
     Taught in course/14_microscaling.ipynb.
     """
     fmt = _check_element(elem_fmt)
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
     xb = _blocks(_float_tensor(x, "mx_quantize"), block_size, "mx_quantize")
     amax = xb.abs().amax(dim=-1)  # NaN if the block holds a NaN
-    positive = torch.isfinite(amax) & (amax > 0)
-    e = _floor_log2(torch.where(positive, amax, torch.ones_like(amax)))
-    e = torch.where(torch.isinf(amax), 128, e)
-    e = torch.where(amax == 0, -E8M0_BIAS, e)  # no power of two below: the smallest scale
-    unbiased = (e - fmt.emax).clamp(-E8M0_BIAS, E8M0_BIAS)
+    if scale_mode == "rceil":
+        unbiased = _rceil_exponent(amax / fmt.max)
+    else:
+        positive = torch.isfinite(amax) & (amax > 0)
+        e = _floor_log2(torch.where(positive, amax, torch.ones_like(amax)))
+        e = torch.where(torch.isinf(amax), 128, e)
+        e = torch.where(amax == 0, -E8M0_BIAS, e)  # no power of two below: the smallest scale
+        unbiased = (e - fmt.emax).clamp(-E8M0_BIAS, E8M0_BIAS)
     scale = torch.exp2(unbiased.double()).float()  # exact, 2^-127 included (float32 subnormal)
     scale = torch.where(torch.isnan(amax), math.nan, scale)
     q = round_to(xb / scale.unsqueeze(-1), fmt, saturate=True)
@@ -201,12 +234,14 @@ def mx_dequantize(scale: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (qb * scale.unsqueeze(-1)).reshape(q.shape)
 
 
-def mx_fake_quantize(x: torch.Tensor, elem_fmt: FloatFormat, block_size: int = 32) -> torch.Tensor:
-    """Round trip through MX: ``mx_dequantize(*mx_quantize(x, elem_fmt, block_size))``.
+def mx_fake_quantize(
+    x: torch.Tensor, elem_fmt: FloatFormat, block_size: int = 32, scale_mode: str = "floor"
+) -> torch.Tensor:
+    """Round trip through MX: ``mx_dequantize(*mx_quantize(x, elem_fmt, block_size, scale_mode))``.
 
     Taught in course/14_microscaling.ipynb.
     """
-    return mx_dequantize(*mx_quantize(x, elem_fmt, block_size))
+    return mx_dequantize(*mx_quantize(x, elem_fmt, block_size, scale_mode))
 
 
 # --- NVFP4 --------------------------------------------------------------------------------
@@ -333,7 +368,18 @@ def fp8_block_fake_quantize(x: torch.Tensor, tile: tuple[int, int] = (1, 128)) -
 
 # --- comparing the schemes ---------------------------------------------------------------------
 
-METHODS = ("fp8 per-tensor", "fp8 128x128", "fp8 1x128", "mxfp8", "mxfp6", "mxfp4", "nvfp4")
+METHODS = (
+    "fp8 per-tensor",
+    "fp8 128x128",
+    "fp8 1x128",
+    "mxfp8",
+    "mxfp8 rceil",
+    "mxfp6",
+    "mxfp6 rceil",
+    "mxfp4",
+    "mxfp4 rceil",
+    "nvfp4",
+)
 
 
 def fake_quantize_as(x: torch.Tensor, method: str) -> torch.Tensor:
@@ -342,8 +388,9 @@ def fake_quantize_as(x: torch.Tensor, method: str) -> torch.Tensor:
     ``"fp8 per-tensor"``: :func:`mpcourse.fp8.fake_quantize` with the scale
     $448/\\max|x|$; ``"fp8 128x128"``/``"fp8 1x128"``: :func:`fp8_block_fake_quantize`;
     ``"mxfp8"``/``"mxfp6"``/``"mxfp4"``: :func:`mx_fake_quantize` with E4M3 / E2M3 / E2M1
-    elements; ``"nvfp4"``: :func:`nvfp4_fake_quantize`. The tensor is zero-padded
-    to whole blocks first (zeros change no amax) and cropped after.
+    elements and the spec's FLOOR scale rule, and with ``" rceil"`` appended the
+    RCEIL rule (``scale_mode="rceil"``); ``"nvfp4"``: :func:`nvfp4_fake_quantize`.
+    The tensor is zero-padded to whole blocks first (zeros change no amax) and cropped after.
 
     Taught in course/14_microscaling.ipynb.
     """
@@ -364,8 +411,9 @@ def fake_quantize_as(x: torch.Tensor, method: str) -> torch.Tensor:
     elif method == "nvfp4":
         y = nvfp4_fake_quantize(p)
     else:
-        fmt = {"mxfp8": FP8_E4M3, "mxfp6": FP6_E2M3, "mxfp4": FP4_E2M1}[method]
-        y = mx_fake_quantize(p, fmt)
+        name, _, mode = method.partition(" ")
+        fmt = {"mxfp8": FP8_E4M3, "mxfp6": FP6_E2M3, "mxfp4": FP4_E2M1}[name]
+        y = mx_fake_quantize(p, fmt, scale_mode=mode or "floor")
     return y[:m, :k]
 
 

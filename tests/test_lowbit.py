@@ -60,6 +60,7 @@ def test_convert_linears_keeps_weights_and_convolutions():
             assert isinstance(new.fc1, FP8Linear) and new.fc1.scaling == "current"
         else:
             assert isinstance(new.fc2, MXLinear) and new.fc2.fmts == MX_RECIPES[recipe]
+            assert new.fc2.scale_mode == ("rceil" if recipe.endswith("rceil") else "floor")
             assert (new(x) - model(x)).abs().max() < 0.5
     assert type(model.fc1) is nn.Linear  # the original is untouched
     with pytest.raises(ValueError, match="recipe must be one of"):
@@ -118,3 +119,15 @@ def test_bad_input_to_the_trainers():
         train_bf16(nn.Linear(64, 10), digits("train"), digits("test"), "fp32", steps=0)
     with pytest.raises(ValueError, match="recipe must be one of"):
         bytes_per_parameter("fp16")
+
+
+def test_mx_linear_rceil_quantizes_with_the_rceil_rule():
+    torch.manual_seed(0)
+    fmts = (FP4_E2M1, FP4_E2M1, FP4_E2M1)
+    layer = MXLinear(64, 8, fmts, scale_mode="rceil")
+    x = torch.randn(32, 64)
+    q = mx_matmul_quantize
+    expected = q(x, FP4_E2M1, 32, "rceil") @ q(layer.weight, FP4_E2M1, 32, "rceil").T + layer.bias
+    assert torch.equal(layer(x), expected)
+    floor = q(x, FP4_E2M1) @ q(layer.weight, FP4_E2M1).T + layer.bias
+    assert not torch.equal(layer(x), floor)

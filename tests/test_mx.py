@@ -312,9 +312,15 @@ def test_exercise_checks_accept_right_answers_and_name_wrong_ones():
         amax = block.abs().max().item()
         return 2.0**-127 if amax == 0 else 2.0 ** (math.ceil(math.log2(amax)) - fmt.emax)
 
+    def scale_unclamped(block, fmt):
+        amax = block.abs().max().item()
+        return 2.0**-127 if amax == 0 else 2.0 ** (math.frexp(amax)[1] - 1 - fmt.emax)
+
     assert checks.check_e8m0_scale(scale)
     with pytest.raises(checks.CheckFailed, match="rounded log2"):
         checks.check_e8m0_scale(scale_ceil)
+    with pytest.raises(checks.CheckFailed, match="clamp the exponent"):
+        checks.check_e8m0_scale(scale_unclamped)
 
     def flushed(block, fmt, strict=False):
         s = scale(block, fmt)
@@ -339,3 +345,23 @@ def test_exercise_checks_accept_right_answers_and_name_wrong_ones():
         checks.check_stochastic_round(lambda x, f, u: round_to(x, f))
     with pytest.raises(checks.NotAnswered):
         checks.check_stochastic_round(None)
+
+
+# --- the RCEIL scale rule ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", MX_ELEMENT_FORMATS, ids=lambda f: f.name)
+def test_rceil_is_the_exact_scale_rounded_up_and_never_clips(fmt):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 256, generator=gen) * torch.exp2(
+        torch.randint(-30, 30, (64, 1), generator=gen).float()
+    )
+    floor_s, floor_q = mx_quantize(x, fmt, scale_mode="floor")
+    s, q = mx_quantize(x, fmt, scale_mode="rceil")
+    amax = x.reshape(64, -1, 32).abs().amax(-1)
+    exact = amax / fmt.max
+    assert (s >= exact).all() and (s < 2 * exact).all()  # the smallest power of two >= a/m
+    assert ((x.reshape(64, -1, 32) / s[..., None]).abs() <= fmt.max).all()  # nothing saturates
+    assert ((s == floor_s) | (s == 2 * floor_s)).all()  # never more than one binade apart
+    with pytest.raises(ValueError, match="scale_mode must be one of"):
+        mx_quantize(x, fmt, scale_mode="ceil")

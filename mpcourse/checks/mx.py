@@ -40,12 +40,19 @@ def _blocks(seed: int, n: int = 40) -> list[torch.Tensor]:
     return out
 
 
+def _tiny_blocks(seed: int, n: int = 3) -> list[torch.Tensor]:
+    """Blocks whose amax lies below 2^(emax - 127): float32 subnormals included (the clamp)."""
+    g = torch.Generator().manual_seed(seed)
+    exps = torch.randint(-147, -126, (n,), generator=g).tolist()
+    return [(torch.rand(32, generator=g) * 2.0**e).float() for e in exps]
+
+
 def check_e8m0_scale(answer: Callable[[torch.Tensor, FloatFormat], float]) -> bool:
     """Check ``answer(block, fmt)``: the MX scale of a block of 32 values."""
     require_answer(answer, "`e8m0_scale`")
     for seed in (0, 1):
         for fmt in _MX:
-            for block in _blocks(seed + 17 * fmt.bits, n=12):
+            for block in _blocks(seed + 17 * fmt.bits, n=12) + _tiny_blocks(seed + fmt.bits):
                 got = call_answer(answer, block.clone(), fmt, what="e8m0_scale")
                 expected = float(mx_quantize(block[None], fmt, 32)[0])
                 try:
@@ -66,6 +73,11 @@ def check_e8m0_scale(answer: Callable[[torch.Tensor, FloatFormat], float]) -> bo
                         f"{where}: {got_f!r} is not a power of two: E8M0 only holds 2^k; "
                         "use floor(log2(amax)), not amax / fmt.max."
                     )
+                if 0 < got_f < expected == 2.0**-127:
+                    fail(
+                        f"{where}: got 2^{math.log2(got_f):.0f}, below E8M0's range: clamp the "
+                        "exponent to [-127, 127] (the smallest scale is 2^-127)."
+                    )
                 if got_f == 2 * expected and not math.log2(amax).is_integer():
                     fail(
                         f"{where}: got {got_f!r}, expected {expected!r}: you rounded log2(amax) "
@@ -79,7 +91,7 @@ def check_e8m0_scale(answer: Callable[[torch.Tensor, FloatFormat], float]) -> bo
                 )
     return passed(
         "the scale is 2^(floor(log2(amax)) - emax), clamped to [2^-127, 2^127], on "
-        f"{2 * 5 * 13} unseen blocks in all five element formats."
+        f"{2 * 5 * 16} unseen blocks in all five element formats, float32 subnormals included."
     )
 
 
