@@ -96,13 +96,11 @@ def to_fake_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
             "to_fake_device must be called inside `with fake_cuda_autocast() as dev:`"
         )
     for sub in module.modules():
-        for name, p in sub._parameters.items():
-            if p is not None:
-                fake = torch.empty_like(p, device=device)
-                sub._parameters[name] = torch.nn.Parameter(fake, requires_grad=False)
-        for name, b in sub._buffers.items():
-            if b is not None:
-                sub._buffers[name] = torch.empty_like(b, device=device)
+        for name, p in list(sub.named_parameters(recurse=False)):
+            fake = torch.empty_like(p, device=device)
+            setattr(sub, name, torch.nn.Parameter(fake, requires_grad=False))
+        for name, b in list(sub.named_buffers(recurse=False)):  # setattr keeps persistence
+            setattr(sub, name, torch.empty_like(b, device=device))
     return module
 
 

@@ -402,7 +402,10 @@ class ScaleMonitor:
 
     Call :meth:`step` once per iteration, after ``scaler.update()``. A step was
     skipped when the scaler backed off (the scale went down), or, for a scaler
-    with a ``skipped_steps`` counter (ours), when that counter grew.
+    with a ``skipped_steps`` counter (ours), when that counter grew. (The
+    monitor watches any loop from outside, after ``update()`` has forgotten the
+    iteration's found-inf flags, so it cannot ask :func:`mpcourse.scaling.found_inf`,
+    which a loop reads between ``step`` and ``update``.)
 
     Collapse: a step is skipped while the scale is below ``min_scale`` (default
     1: the "scaled" gradients are then no larger than the true ones, so no

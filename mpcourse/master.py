@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from . import purefp16
-from .scaling import DynamicLossScaler
+from .scaling import DynamicLossScaler, found_inf
 
 __all__ = [
     "MasterWeights",
@@ -149,7 +149,7 @@ class MasterWeights:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not S * g
                 torch.nn.utils.clip_grad_norm_(self.master_params, max_grad_norm)
             self.scaler.step(self.optimizer)
-            stepped = not _found_inf(self.scaler, self.optimizer)
+            stepped = not found_inf(self.scaler, self.optimizer)
             self.scaler.update()
         if stepped:
             self.weights_to_working()
@@ -167,14 +167,6 @@ class MasterWeights:
         for name, master in zip(names, self.master_params, strict=True):
             state[name] = master.detach().clone()
         return state
-
-
-def _found_inf(scaler: Scaler, optimizer: torch.optim.Optimizer) -> bool:
-    """Did the scaler find inf/NaN in this optimizer's gradients (between step and update)?"""
-    if isinstance(scaler, DynamicLossScaler):
-        found = scaler._states[id(optimizer)].found_inf
-        return found is not None and bool(found.item())
-    return bool(sum(v.item() for v in scaler._found_inf_per_device(optimizer).values()))
 
 
 def train_master(

@@ -45,6 +45,7 @@ __all__ = [
     "unscale_grads_",
     "DynamicLossScaler",
     "StaticLossScaler",
+    "found_inf",
 ]
 
 
@@ -508,6 +509,31 @@ class StaticLossScaler(DynamicLossScaler):
 
     def _update_scale(self, found_inf: bool) -> None:
         return None  # static: the scale stays where it was set
+
+
+def found_inf(
+    scaler: DynamicLossScaler | torch.amp.GradScaler, optimizer: torch.optim.Optimizer
+) -> bool:
+    """Did ``scaler`` find inf/NaN in ``optimizer``'s gradients this iteration?
+
+    The scaler's own skip decision: ``scaler.step(optimizer)`` skips exactly when
+    this is True. Read it after ``unscale_(optimizer)`` (or ``step``) and before
+    ``update()``, which forgets it. False for a disabled scaler or an optimizer not
+    unscaled yet. Works for :class:`DynamicLossScaler`, ``torch.amp.GradScaler`` and
+    its subclasses (``ShardedGradScaler``).
+
+    The package's one reader of a scaler's private state: torch 2.13 has no public
+    found-inf signal (``GradScaler._found_inf_per_device`` is private; a public
+    ``step(..., return_found_inf=True)`` is proposed upstream), and our
+    :class:`DynamicLossScaler` keeps the same method for GradScaler compatibility.
+    ``tests/test_private_api.py`` keeps every other module off these names.
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
+    if not scaler.is_enabled():
+        return False
+    per_device = scaler._found_inf_per_device(optimizer)  # the audited private read
+    return any(bool(v.item()) for v in per_device.values())
 
 
 def _check_scale(value: object, name: str) -> None:

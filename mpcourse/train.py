@@ -38,6 +38,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .device import amp_dtype
 from .progress import progress
+from .scaling import found_inf
 
 __all__ = [
     "PRECISIONS",
@@ -100,13 +101,6 @@ def backward(loss: torch.Tensor | Sequence[torch.Tensor], scaler: torch.amp.Grad
         scaler.scale(each).backward(retain_graph=i < len(losses) - 1)
 
 
-def _nonfinite_grads(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether any gradient of ``optimizer`` holds inf/NaN (what GradScaler's check finds)."""
-    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    values = [g._values() if g.is_sparse else g for g in grads]
-    return bool(values) and not bool(torch.stack([torch.isfinite(v).all() for v in values]).all())
-
-
 def optimizer_step(
     optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
@@ -123,10 +117,9 @@ def optimizer_step(
     *its own* optimizer (``scheduler.optimizer``) really stepped. Gradients are
     zeroed afterwards (``set_to_none``).
 
-    How a skip is seen, with public calls only: with one optimizer, the scale
-    dropped in ``update()`` (it drops exactly when the step was skipped); with
-    several, each optimizer's unscaled gradients are checked for inf/NaN before
-    clipping (clipping an inf norm would turn every gradient into NaN).
+    How a skip is seen: the scaler's own decision, read per optimizer after
+    ``unscale_`` (:func:`mpcourse.scaling.found_inf`, the package's one reader of
+    it), before clipping (clipping an inf norm would turn every gradient into NaN).
 
     Taught in course/07_amp_training.ipynb.
     """
@@ -141,19 +134,15 @@ def optimizer_step(
     if scaler.is_enabled():
         for opt in opts:
             scaler.unscale_(opt)
-        if len(opts) > 1:  # which optimizer skips: its own unscaled gradients say
-            skipped_by = [_nonfinite_grads(o) for o in opts]
+        skipped_by = [found_inf(scaler, o) for o in opts]  # which optimizer skips its step
     if max_grad_norm is not None:
         params = [
             p for o in opts for g in o.param_groups for p in g["params"] if p.grad is not None
         ]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    scale_before = scaler.get_scale()
     for opt in opts:
         scaler.step(opt)
     scaler.update()
-    if scaler.is_enabled() and len(opts) == 1:  # the public signal: the scale backed off
-        skipped_by = [scaler.get_scale() < scale_before]
     for sched in schedulers:
         if not next(s for o, s in zip(opts, skipped_by, strict=True) if o is sched.optimizer):
             sched.step()

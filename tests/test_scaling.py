@@ -24,6 +24,7 @@ from mpcourse.scaling import (
     ScalerConfigError,
     ScalerUsageError,
     StaticLossScaler,
+    found_inf,
     next_scale,
     unscale_grads_,
 )
@@ -36,6 +37,28 @@ def torch_scaler(**kwargs) -> torch.amp.GradScaler:
 def small_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("make", [torch_scaler, DynamicLossScaler], ids=["torch", "ours"])
+def test_found_inf_is_the_scalers_skip_decision(make):
+    """found_inf agrees with what step() does, for GradScaler and ours, per optimizer."""
+    for bad in (False, True):
+        net = small_net()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        scaler = make(init_scale=4.0)
+        scaler.scale(net(torch.ones(2, 6)).sum()).backward()
+        assert found_inf(scaler, opt) is False  # not unscaled yet: nothing found
+        if bad:
+            net[0].bias.grad[0] = float("inf")
+        before = [p.detach().clone() for p in net.parameters()]
+        scaler.unscale_(opt)
+        assert found_inf(scaler, opt) is bad
+        scaler.step(opt)
+        stepped = any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+        assert found_inf(scaler, opt) is bad and stepped is not bad
+        scaler.update()
+        assert found_inf(scaler, opt) is False  # update() forgets the iteration
+    assert found_inf(make(enabled=False), opt) is False
 
 
 OPTIMIZERS = {

@@ -45,6 +45,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import digits
 from ..master import tensor_bytes
+from ..scaling import found_inf
 from ..train import autocast_context, backward, optimizer_step
 from .runs import (
     DATA_FILE,
@@ -214,8 +215,7 @@ def scaler_probe(model: nn.Module, device: torch.device) -> dict:
         if rank == 1:
             grads[0].view(-1)[0] = float("inf")
         scaler.unscale_(opt)
-        found = sum(v.item() for v in scaler._found_inf_per_device(opt).values())  # noqa: SLF001
-        out[name] = bool(found > 0)
+        out[name] = found_inf(scaler, opt)
     for p in params:
         p.grad = None
     return out
