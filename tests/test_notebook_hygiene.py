@@ -125,7 +125,9 @@ def test_notebooks_use_the_package_not_hard_coded_devices(nb):
         assert not re.search(pattern, code), (
             f"{path.name}: hard-coded {pattern}: use mpcourse.device"
         )
-    assert "seed_everything(" in code, f"{path.name}: seed with mpcourse.device.seed_everything"
+    assert "seed_everything(" in code or "setup_chapter(" in code, (
+        f"{path.name}: seed with mpcourse.device.setup_chapter (or seed_everything)"
+    )
 
 
 def test_ignored_outputs_are_few(nb):

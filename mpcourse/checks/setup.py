@@ -12,14 +12,19 @@ from ._core import call_answer, expect_equal, fail, passed, require_answer, uses
 
 GPUS = {  # compute capability -> an example GPU (NVIDIA's CUDA GPUs list)
     (6, 1): "GTX 1080",
+    (6, 2): "Jetson TX2",
     (7, 0): "V100",
+    (7, 2): "Jetson AGX Xavier",
     (7, 5): "T4",
     (8, 0): "A100",
     (8, 6): "RTX 3090",
+    (8, 7): "Jetson AGX Orin",
     (8, 9): "L4",
     (9, 0): "H100/H200",
     (10, 0): "B200",
+    (10, 3): "B300",
     (12, 0): "RTX 5090",
+    (12, 1): "DGX Spark (GB10)",
 }
 
 
@@ -43,7 +48,7 @@ def check_amp_choice(amp_choice: Callable[[str, tuple[int, int] | None], tuple])
         name = (
             "the CPU"
             if capability is None
-            else f"a {GPUS[capability]} (sm_{capability[0]}{capability[1]})"
+            else f"the {GPUS[capability]} (sm_{capability[0]}{capability[1]})"
         )
         choice = call_answer(amp_choice, device_type, capability, what="amp_choice")
         if not (isinstance(choice, (tuple, list)) and len(choice) == 2):
