@@ -21,8 +21,13 @@ Three tools, each usable on your own model in one or two lines::
 * :class:`ScaleMonitor` logs the scale of a ``torch.amp.GradScaler`` (or
   :class:`mpcourse.scaling.DynamicLossScaler`) after every ``update()``, counts
   skipped steps and warns (:class:`ScaleCollapseWarning`) when the scale falls
-  step after step: gradients that are inf/NaN at *every* scale come from a
-  real inf/NaN in the forward pass or the loss, not from underflow.
+  step after step: gradients that are inf/NaN at *every* scale, even below 1, are
+  not large finite gradients that overflowed once scaled; they come from an
+  inf/NaN in the forward pass, in the loss, or in the backward of an op (BCE on
+  a saturated FP16 sigmoid: a finite loss, an inf gradient).
+* The chapter's small harnesses (:func:`lr_sweep`, :func:`train_monitored`,
+  :func:`t5_like`, :func:`anomaly_cost` and a few modules that fail or are fixed)
+  are at the end, so a notebook cell shows the failure, not the loop.
 
 Taught in course/10_debugging.ipynb.
 """
@@ -30,6 +35,7 @@ Taught in course/10_debugging.ipynb.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +54,17 @@ __all__ = [
     "headroom",
     "ScaleCollapseWarning",
     "ScaleMonitor",
+    "lr_sweep",
+    "plot_lr_sweep",
+    "MonitoredRun",
+    "train_monitored",
+    "NaiveSoftmax",
+    "FP32Softmax",
+    "WithLoss",
+    "InFP32",
+    "MeanPool",
+    "t5_like",
+    "anomaly_cost",
 ]
 
 DEFAULT_FORMATS = (FP16, BF16, FP8_E4M3, FP8_E5M2)
@@ -288,15 +305,26 @@ class HeadroomReport:
             r.module for r in self.rows if _amax(r, kind) is not None and _amax(r, kind) > fmt.max
         ]
 
-    def table(self, formats: tuple[FloatFormat, ...] | None = None) -> str:
+    def table(
+        self, formats: tuple[FloatFormat, ...] | None = None, leaves_only: bool = False
+    ) -> str:
         """One line per module: amax of activations and gradients, and bits of headroom
-        below each format's max (gradients also: bits above its smallest normal)."""
+        below each format's max (gradients also: bits above its smallest normal).
+        ``leaves_only`` drops the containers (the model and modules with recorded
+        children), whose rows repeat their last child's."""
         formats = formats or self.formats
+        names = [r.module for r in self.rows]
+        rows = [
+            r
+            for r in self.rows
+            if not leaves_only
+            or (r.module and not any(n.startswith(r.module + ".") for n in names))
+        ]
         head = f"{'module':<14}{'type':<12}{'max|act|':>10}{'max|grad|':>11}"
         head += "".join(f"{'act ' + _short(f):>10}" for f in formats)
         head += "".join(f"{'grad ' + _short(f):>14}" for f in formats)
         lines = [head, "-" * len(head)]
-        for r in self.rows:
+        for r in rows:
             grad = "-" if r.grad_amax is None else f"{r.grad_amax:.3g}"
             line = (
                 f"{r.module or '(model)':<14}{r.module_type[:11]:<12}{r.act_amax:>10.3g}{grad:>11}"
@@ -392,7 +420,8 @@ def headroom(
 
 # -- the loss-scale monitor -------------------------------------------------------------------
 class ScaleCollapseWarning(RuntimeWarning):
-    """The loss scale keeps falling: gradients are inf/NaN at every scale.
+    """The loss scale keeps falling: gradients are inf/NaN at every scale (from the forward
+    pass, the loss, or the backward of an op).
 
     Taught in course/10_debugging.ipynb."""
 
@@ -481,11 +510,12 @@ class ScaleMonitor:
             return (
                 f"loss scale collapsed: {k} of {n} steps skipped, {self.run} in a row, scale "
                 f"{start} -> {now}. Gradients stay inf/NaN however far the scale falls, so this is "
-                "not overflow of large gradients: a real inf/NaN "
-                "comes from the forward pass or the loss. Find it with "
+                "not overflow of large gradients: a real inf/NaN comes from the forward pass or "
+                "the loss (the loss is then inf/NaN too), or from the backward of an op (a "
+                "finite loss: e.g. BCELoss on a sigmoid saturated to 1 in FP16). Find it with "
                 "mpcourse.debug.first_nonfinite(model, inputs, backward=True) under autocast; "
-                "fix that op (run it in FP32 in a torch.autocast(enabled=False) region, or use "
-                "BF16), do not lower the scale by hand."
+                "fix that op (run it in FP32 in a torch.autocast(enabled=False) region, use the "
+                "fused loss such as BCEWithLogitsLoss, or BF16), do not lower the scale by hand."
             )
         if k == 0:
             return f"healthy: {n} steps, none skipped, scale {start} -> {now}."
@@ -509,3 +539,264 @@ class ScaleMonitor:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("log2(scale)")
         return ax
+
+
+# -- the chapter's harnesses -------------------------------------------------------------------
+LR_MODES = ("fp32", "amp", "bf16 weights")
+
+
+def _lr_run(
+    X: torch.Tensor, Y: torch.Tensor, mode: str, lr: float, steps: int, batch: int
+) -> tuple[float, float]:
+    from .models import MLP
+
+    torch.manual_seed(0)
+    device = X.device
+    model = MLP(X.shape[1], (64,), int(Y.max()) + 1).to(device)
+    if mode == "bf16 weights":
+        model = model.to(torch.bfloat16)
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=mode == "amp")
+    order = torch.Generator().manual_seed(0)
+    dtype = next(model.parameters()).dtype
+    for _ in range(steps):
+        idx = torch.randint(0, len(X), (batch,), generator=order).to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=mode == "amp"):
+            loss = nn.functional.cross_entropy(model(X[idx].to(dtype)).float(), Y[idx])
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    with torch.no_grad():
+        final = nn.functional.cross_entropy(model(X.to(dtype)).float(), Y).item()
+    frozen = sum(int((p == s).sum()) for p, s in zip(model.parameters(), start, strict=True))
+    return final, frozen / sum(p.numel() for p in start)
+
+
+def lr_sweep(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    rates: tuple[float, ...],
+    modes: tuple[str, ...] = LR_MODES,
+    steps: int = 100,
+    batch: int = 64,
+) -> dict[tuple[str, float], tuple[float, float]]:
+    """Train ``MLP(in, (64,), classes)`` from the same seed with SGD for each mode and rate.
+
+    Modes: ``"fp32"``; ``"amp"`` (FP16 autocast + GradScaler, FP32 weights: the update is
+    ``w - lr * g`` in FP32); ``"bf16 weights"`` (``model.to(bfloat16)``, no master copy: an
+    update smaller than half a BF16 spacing of ``w``, ``|lr * g| < |w| 2^-9``, is lost).
+    Returns ``{(mode, lr): (final training loss on all of X, share of weights never moved)}``.
+
+    Taught in course/10_debugging.ipynb.
+    """
+    bad = [m for m in modes if m not in LR_MODES]
+    if bad:
+        raise ValueError(f"lr_sweep: unknown mode(s) {bad}; use some of {LR_MODES}")
+    if not rates or any(not (isinstance(r, (int, float)) and r > 0) for r in rates):
+        raise ValueError(f"lr_sweep: rates must be positive numbers, got {rates!r}")
+    return {(m, lr): _lr_run(X, Y, m, lr, steps, batch) for m in modes for lr in rates}
+
+
+def plot_lr_sweep(sweep: dict[tuple[str, float], tuple[float, float]]) -> Any:
+    """Two panels for :func:`lr_sweep`'s result: final loss per mode against the learning
+    rate (log-log), and the share of BF16 weights that never moved. Returns the figure.
+    Taught in course/10_debugging.ipynb."""
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(m for m, _ in sweep))
+    rates = sorted({lr for _, lr in sweep})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
+    for m, style in zip(modes, ("-o", "--x", "-s"), strict=False):
+        ax.plot(rates, [sweep[m, lr][0] for lr in rates], style, label=m)
+    if "bf16 weights" in modes:
+        share = [100 * sweep["bf16 weights", lr][1] for lr in rates]
+        ax2.plot(rates, share, "-s", color="C2")
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_xlabel("learning rate (SGD)")
+    ax.set(yscale="log", ylabel="training loss after the run", title="final loss per format")
+    ax.legend()
+    ax2.set(ylabel="% of BF16 weights never updated", title="pure BF16 weights: swamped updates")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class MonitoredRun:
+    """What :func:`train_monitored` saw: the loss of every step, the monitor, the warnings.
+
+    Taught in course/10_debugging.ipynb."""
+
+    losses: list[float]
+    monitor: ScaleMonitor
+    warnings: list[str]
+
+
+def train_monitored(
+    model: nn.Module,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    *,
+    steps: int = 60,
+    lr: float = 2.0,
+    dtype: torch.dtype = torch.float16,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    **scaler_kwargs: Any,
+) -> MonitoredRun:
+    """SGD on random batches of 64 under ``torch.autocast(dtype)`` (+ GradScaler for FP16),
+    with a :class:`ScaleMonitor` stepped after every ``update()``.
+
+    ``loss_fn(output, y)`` defaults to cross-entropy. Taught in course/10_debugging.ipynb.
+    """
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"train_monitored: dtype must be float16 or bfloat16, got {dtype}")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    device = X.device
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16, **scaler_kwargs)
+    monitor = ScaleMonitor(scaler)
+    order = torch.Generator().manual_seed(0)
+    losses = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ScaleCollapseWarning)
+        for _ in range(steps):
+            idx = torch.randint(0, len(X), (64,), generator=order).to(device)
+            with torch.autocast(device.type, dtype=dtype):
+                loss = loss_fn(model(X[idx]), Y[idx])
+            losses.append(loss.item())
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            monitor.step()
+    found = [str(w.message) for w in caught if issubclass(w.category, ScaleCollapseWarning)]
+    return MonitoredRun(losses, monitor, found)
+
+
+class NaiveSoftmax(nn.Module):
+    """``exp(x) / sum(exp(x))``: in FP16, exp overflows once x > ln(65504) = 11.09, and
+    inf / inf = NaN. Taught in course/10_debugging.ipynb."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(x)
+        return e / e.sum(-1, keepdim=True)
+
+
+class FP32Softmax(nn.Module):
+    """The fix: autocast off, inputs cast to FP32, the maximum subtracted before ``exp``.
+    Taught in course/10_debugging.ipynb."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            e = torch.exp(x - x.amax(-1, keepdim=True))
+            return e / e.sum(-1, keepdim=True)
+
+
+class WithLoss(nn.Module):
+    """``loss(sigmoid(model(x)), y)`` (or ``loss(model(x), y)`` with ``sigmoid=False``) as
+    one module, so the loss's own backward is hooked by :func:`first_nonfinite`.
+    Taught in course/10_debugging.ipynb."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, sigmoid: bool) -> None:
+        super().__init__()
+        self.model, self.loss, self.sigmoid = model, loss, sigmoid
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        return self.loss(torch.sigmoid(z) if self.sigmoid else z, y)
+
+
+class InFP32(nn.Module):
+    """Run ``block`` in FP32 inside an autocast region (autocast off, inputs cast up).
+    Taught in course/10_debugging.ipynb."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.block(x.float())
+
+
+class MeanPool(nn.Module):
+    """``x.sum(1, dtype=accumulate) / n``, returned in ``x.dtype``: with ``accumulate=None``
+    an FP16 input gives an FP16 sum, inf once it exceeds 65504 (PyTorch accumulates Half
+    reductions in FP32 internally, but the returned sum is FP16).
+    Taught in course/10_debugging.ipynb."""
+
+    def __init__(self, accumulate: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.accumulate = accumulate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.sum(1, dtype=self.accumulate) / x.shape[1]).to(x.dtype)
+
+
+def t5_like(
+    width: int = 16, hot: int = 2, peak: float = 3e5, device: str | torch.device = "cpu"
+) -> tuple[nn.Sequential, torch.Tensor]:
+    """Four ``Linear-GELU-Linear`` blocks whose block ``hot`` peaks at ``peak`` inside.
+
+    The T5 story in small: a model trained in BF16 with activations beyond FP16's 65504.
+    Block ``hot``'s first layer is scaled up to reach ``peak`` and its last layer scaled
+    down by the same factor, so the block's output keeps its size; the block before it
+    is scaled x40, so that the weights themselves still fit FP16. Returns the model
+    (eval mode) and a batch of 32 inputs. Taught in course/10_debugging.ipynb.
+    """
+    if not (isinstance(hot, int) and 1 <= hot <= 2):
+        raise ValueError(f"t5_like: hot must be 1 or 2 (a middle block), got {hot!r}")
+    if not peak > 0:
+        raise ValueError(f"t5_like: peak must be positive, got {peak!r}")
+    torch.manual_seed(0)
+    blocks = [
+        nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)) for _ in range(4)
+    ]
+    model = nn.Sequential(*blocks).to(device).eval()
+    x = torch.randn(32, width, device=device)
+    with torch.no_grad():
+        model[hot - 1][2].weight.mul_(40.0)
+        top = float(model[hot][0](model[:hot](x)).abs().max())
+        model[hot][0].weight.mul_(peak / top)
+        model[hot][0].bias.mul_(peak / top)
+        model[hot][2].weight.mul_(top / peak)
+    return model, x
+
+
+def anomaly_cost(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    repeats: int = 15,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """Seconds per forward + backward step without and with
+    ``torch.autograd.detect_anomaly(check_nan=True)``: the minimum over ``repeats``
+    interleaved runs (the least disturbed one on a shared machine), and their ratio.
+
+    Anomaly mode stores the forward traceback of every op and checks every backward
+    output for NaN, so it costs time on every step: a tool for a short run, not for
+    training. Taught in course/10_debugging.ipynb.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"anomaly_cost: repeats must be a positive int, got {repeats!r}")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+
+    def step() -> None:
+        loss_fn(model(x), y).backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    best = {"plain_s": math.inf, "anomaly_s": math.inf}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Anomaly Detection has been enabled..."
+        for _ in range(repeats):
+            for key, anomaly in (("plain_s", False), ("anomaly_s", True)):
+                start = time.perf_counter()
+                with torch.autograd.set_detect_anomaly(anomaly, check_nan=True):
+                    step()
+                best[key] = min(best[key], time.perf_counter() - start)
+    return best | {"ratio": best["anomaly_s"] / best["plain_s"]}

@@ -252,8 +252,8 @@ def test_check_rms_norm():
     from mpcourse.checks.debug import check_rms_norm
 
     assert check_rms_norm(_rms_fixed)
-    with pytest.raises(CheckFailed, match="overflows FP16"):
-        check_rms_norm(_rms_fp16)
+    with pytest.raises(CheckFailed, match="all zeros .* rsqrt\\(inf\\) = 0"):
+        check_rms_norm(_rms_fp16)  # the naive norm is silent: zeros, no NaN
     with pytest.raises(CheckFailed, match="cast the result back"):
         check_rms_norm(lambda x, w, eps: _rms_fixed(x, w, eps).float())
 
@@ -317,3 +317,94 @@ def test_check_broken_loop_names_the_bugs_left():
         check_broken_loop(_loop(False, False, True))
     with pytest.raises(CheckFailed, match=r"still present: clipping before unscale_ \(the norm"):
         check_broken_loop(_loop(False, True, False))
+
+
+# -- the chapter's harnesses and the backward-only collapse (audit A3) ---------------------------
+def _bce_head():
+    torch.manual_seed(0)
+    head = nn.Linear(8, 1)
+    head.weight.data.mul_(40)  # confident logits: the FP16 sigmoid rounds some to exactly 1
+    return head
+
+
+def test_collapse_from_a_backward_op_does_not_blame_the_forward_pass():
+    from mpcourse.debug import train_monitored
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=gen)
+    y = (torch.rand(256, 1, generator=gen) > 0.5).float()
+    run = train_monitored(
+        _bce_head(), x, y, steps=30, lr=0.1, loss_fn=lambda z, t: nn.BCELoss()(torch.sigmoid(z), t)
+    )
+    assert all(math.isfinite(v) for v in run.losses)  # a finite loss every step...
+    assert run.monitor.collapsed and len(run.warnings) == 1  # ...yet every step skipped
+    assert "backward of an op" in run.warnings[0] and "BCEWithLogitsLoss" in run.warnings[0]
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        train_monitored(_bce_head(), x, y, dtype=torch.float32)
+
+
+def test_lr_sweep_amp_equals_fp32_and_rejects_bad_input():
+    from mpcourse.debug import lr_sweep
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 64, generator=gen), torch.randint(0, 10, (128,), generator=gen)
+    sweep = lr_sweep(x, y, (1e-3, 0.1), steps=5, batch=32)
+    assert set(sweep) == {(m, lr) for m in ("fp32", "amp", "bf16 weights") for lr in (1e-3, 0.1)}
+    assert abs(sweep["amp", 0.1][0] - sweep["fp32", 0.1][0]) < 1e-2
+    assert sweep["bf16 weights", 1e-3][1] > sweep["bf16 weights", 0.1][1]  # more updates lost
+    with pytest.raises(ValueError, match="unknown mode"):
+        lr_sweep(x, y, (0.1,), modes=("fp8",))
+    with pytest.raises(ValueError, match="positive numbers"):
+        lr_sweep(x, y, (0.0,))
+
+
+def test_anomaly_cost_measures_a_slower_step():
+    from mpcourse.debug import anomaly_cost
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    cost = anomaly_cost(model, torch.randn(64, 16), torch.randint(0, 4, (64,)), repeats=5)
+    assert cost["anomaly_s"] > cost["plain_s"] > 0 and cost["ratio"] > 1
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="repeats"):
+        anomaly_cost(model, torch.randn(4, 16), torch.zeros(4, dtype=torch.long), repeats=0)
+
+
+def test_t5_like_meanpool_and_leaf_table():
+    from mpcourse.debug import MeanPool, headroom, t5_like
+
+    model, x = t5_like()
+    report = headroom(model, x)
+    assert report.overflows(FP16) == ["2.0", "2.1"] and report.overflows(BF16) == []
+    leaves = report.table(leaves_only=True)
+    assert "Sequential" not in leaves and "2.0" in leaves and "Sequential" in report.table()
+    with pytest.raises(ValueError, match="hot"):
+        t5_like(hot=3)
+    tokens = torch.full((2, 4096, 3), 20.0).half()
+    assert torch.isinf(MeanPool()(tokens)).all()  # the FP16 sum, about 82,000, is returned in FP16
+    assert torch.equal(MeanPool(torch.float32)(tokens), torch.full((2, 3), 20.0).half())
+
+
+def test_check_broken_loop_accepts_the_fp32_bce_route():
+    from mpcourse.checks import CheckFailed
+    from mpcourse.checks.debug import check_broken_loop
+
+    def loop(model, optimizer, scheduler, scaler, batches, fp32=True):
+        for x, y in batches:
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                logits = model(x)
+                p = torch.sigmoid(logits.float()) if fp32 else torch.sigmoid(logits).float()
+                loss = nn.BCELoss()(p, y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            if scaler.get_scale() >= scale:
+                scheduler.step()
+
+    assert check_broken_loop(loop)  # sigmoid + BCELoss in FP32 is a fix too
+    with pytest.raises(CheckFailed, match="still present: BCELoss on a sigmoid"):
+        check_broken_loop(lambda *a: loop(*a, fp32=False))  # .float() after an FP16 sigmoid

@@ -15,7 +15,7 @@ from ._core import call_answer, fail, passed, require_answer
 _LOW = (torch.float16, torch.bfloat16)
 
 
-# -- exercise 1: an RMSNorm that does not turn into NaN in FP16 -----------------------------------
+# -- exercise 1: an RMSNorm that does not silently return zeros in FP16 ------------------------
 def _rms_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x64 = x.double()
     y = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * weight.double()
@@ -47,6 +47,13 @@ def _check_rms_norm(rms_norm: Callable, gen: torch.Generator) -> bool:
             )
             if not isinstance(got, torch.Tensor) or got.shape != x.shape:
                 fail(f"rms_norm should return a tensor of x's shape {tuple(x.shape)}, {where}.")
+            dead = (got == 0).all(-1) & (expected != 0).any(-1)
+            if bool(dead.any()):
+                fail(
+                    f"rms_norm returned all zeros on {int(dead.sum())} row(s) {where}: x^2 "
+                    "overflowed FP16 (|x| > 256 gives x^2 > 65504 = inf) and rsqrt(inf) = 0, a "
+                    "silent failure with no NaN; compute the statistics in float32."
+                )
             if not bool(torch.isfinite(got).all()):
                 fail(
                     f"rms_norm returned inf/NaN {where}: mean(x^2) overflowed. x^2 exceeds "
@@ -173,8 +180,12 @@ def _bug_setup(seed: int) -> tuple:
     return model, opt, sched, scaler, batches
 
 
-def _variant(bugs: tuple[bool, bool, bool], seed: int) -> tuple[list[torch.Tensor], int]:
-    """The loop with the chosen bugs; returns the parameters and scheduler.last_epoch."""
+def _variant(
+    bugs: tuple[bool, bool, bool], seed: int, fp32_bce: bool = False
+) -> tuple[list[torch.Tensor], int]:
+    """The loop with the chosen bugs; returns the parameters and scheduler.last_epoch.
+
+    ``fp32_bce``: the loss fixed the other way, sigmoid + BCELoss on ``logits.float()``."""
     bce, clip_early, sched_always = bugs
     model, opt, sched, scaler, batches = _bug_setup(seed)
     with warnings.catch_warnings():
@@ -185,6 +196,8 @@ def _variant(bugs: tuple[bool, bool, bool], seed: int) -> tuple[list[torch.Tenso
                 logits = model(x)
                 if bce:
                     loss = nn.BCELoss()(torch.sigmoid(logits), y)
+                elif fp32_bce:
+                    loss = nn.BCELoss()(torch.sigmoid(logits.float()), y)
                 else:
                     loss = nn.BCEWithLogitsLoss()(logits, y)
             scaler.scale(loss).backward()
@@ -212,10 +225,15 @@ class _OpNames(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.names: set[str] = set()
+        self.sigmoid_dtypes: set[torch.dtype] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.names.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.names.add(name)
+        out = func(*args, **(kwargs or {}))
+        if name == "sigmoid" and isinstance(out, torch.Tensor):
+            self.sigmoid_dtypes.add(out.dtype)
+        return out
 
 
 def _check_broken_loop(train_fixed: Callable, seed: int) -> bool:
@@ -225,21 +243,30 @@ def _check_broken_loop(train_fixed: Callable, seed: int) -> bool:
         call_answer(train_fixed, model, opt, sched, scaler, batches, what="train_fixed")
     got = [p.detach() for p in model.parameters()]
     warned = any("lr_scheduler.step()" in str(m.message) for m in caught)
-    bce = "binary_cross_entropy" in ops.names
+    ran_bce = "binary_cross_entropy" in ops.names
+    bce = ran_bce and torch.float16 in ops.sigmoid_dtypes  # the sigmoid rounded to FP16
+    fp32_bce = ran_bce and not bce  # sigmoid + BCELoss in FP32: a fix, too
 
     def same(params: list[torch.Tensor]) -> bool:
         return all(
             torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(got, params, strict=True)
         )
 
-    ref, ref_epoch = _variant((False, False, False), seed)
+    ref, ref_epoch = _variant((False, False, False), seed, fp32_bce)
     if not bce and same(ref) and sched.last_epoch == ref_epoch and not warned:
+        loss_note = (
+            "sigmoid + BCELoss in FP32 (it works; BCEWithLogitsLoss is still the usual choice: "
+            "its log-sum-exp form never saturates, while an FP32 sigmoid rounds to 1 for "
+            "logits above ~17)"
+            if fp32_bce
+            else "BCEWithLogitsLoss"
+        )
         return passed(
-            "BCEWithLogitsLoss, unscale_ before clipping, and the scheduler only steps when the "
+            f"{loss_note}, unscale_ before clipping, and the scheduler only steps when the "
             "optimizer did: the loop matches the reference on a fresh run."
         )
     for clip, always in itertools.product((False, True), repeat=2):
-        params, epoch = _variant((bce, clip, always), seed)
+        params, epoch = _variant((bce, clip, always), seed, fp32_bce)
         if same(params) and epoch == sched.last_epoch:
             left = [name for name, b in zip(BUGS, (bce, clip, always), strict=True) if b]
             if left:
