@@ -45,6 +45,7 @@ from torch import nn
 
 from .device import synchronize
 from .models import SimpleModel
+from .numerics import relative_error
 
 __all__ = [
     "FLOAT_FORMATS",
@@ -173,17 +174,6 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tenso
         got = q.dtype if isinstance(q, torch.Tensor) else type(q).__name__
         raise TypeError(f"dequantize_int8: q must be an int8 tensor, got {got}")
     return q.to(torch.float32) * torch.as_tensor(scale, dtype=torch.float32)
-
-
-def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
-    """$\\|x - \\hat x\\|_2 / \\|x\\|_2$ (0.0 when both are zero).
-
-    Taught in course/11_inference.ipynb.
-    """
-    x, approx = x.double(), approx.double()
-    norm = x.norm().item()
-    diff = (x - approx).norm().item()
-    return 0.0 if diff == 0 else diff / norm if norm else float("inf")
 
 
 def activation_amax(

@@ -36,6 +36,7 @@ import torch
 
 from .formats import FP4_E2M1, FP6_E2M3, FP8_E4M3, MX_ELEMENT_FORMATS, FloatFormat, round_to
 from .fp8 import compute_scale, fake_quantize
+from .numerics import relative_error
 
 __all__ = [
     "E8M0_BIAS",
@@ -415,17 +416,6 @@ def fake_quantize_as(x: torch.Tensor, method: str) -> torch.Tensor:
         fmt = {"mxfp8": FP8_E4M3, "mxfp6": FP6_E2M3, "mxfp4": FP4_E2M1}[name]
         y = mx_fake_quantize(p, fmt, scale_mode=mode or "floor")
     return y[:m, :k]
-
-
-def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
-    """Relative error $\\lVert \\hat x - x \\rVert_2 / \\lVert x \\rVert_2$.
-
-    The signal-to-noise ratio in dB is $-20\\log_{10}$ of it.
-
-    Taught in course/14_microscaling.ipynb.
-    """
-    x64, a64 = x.double(), approx.double()
-    return float((a64 - x64).norm() / x64.norm())
 
 
 # --- torchao, imported quietly ----------------------------------------------------------------

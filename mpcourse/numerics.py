@@ -40,10 +40,28 @@ __all__ = [
     "naive_variance",
     "stable_variance",
     "rounded_eps",
+    "relative_error",
 ]
 
 _FORMATS = {torch.float16: FP16, torch.bfloat16: BF16, torch.float32: FP32}
 _NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
+    """$\\|\\hat x - x\\|_2 / \\|x\\|_2$, in FP64; 0.0 when ``approx`` equals ``x`` (zero included),
+    inf when only ``x`` is zero. The signal-to-noise ratio in dB is $-20\\log_{10}$ of it.
+
+    The package's one error measure for a rounded, quantized or low-precision result
+    (:mod:`mpcourse.inference` and :mod:`mpcourse.mx` use it).
+
+    Taught in course/11_inference.ipynb and course/14_microscaling.ipynb.
+    """
+    x64, a64 = x.double(), approx.double()
+    diff = (a64 - x64).norm().item()
+    if diff == 0:
+        return 0.0
+    norm = x64.norm().item()
+    return diff / norm if norm else float("inf")
 
 
 def format_of(dtype: torch.dtype | FloatFormat) -> FloatFormat:

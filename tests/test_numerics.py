@@ -473,3 +473,16 @@ def test_check_smallest_scale(wrong, advice):
         checks.check_smallest_scale(wrong)
     with pytest.raises(checks.NotAnswered):
         checks.check_smallest_scale(stub)
+
+
+def test_relative_error_is_the_one_shared_measure():
+    from mpcourse import inference, mx
+
+    assert inference.relative_error is mx.relative_error is numerics.relative_error
+    x = torch.tensor([3.0, 4.0])
+    assert numerics.relative_error(x, x) == 0.0
+    assert numerics.relative_error(torch.zeros(2), torch.zeros(2)) == 0.0  # both zero
+    assert numerics.relative_error(torch.zeros(2), x) == math.inf
+    assert numerics.relative_error(x, torch.tensor([3.0, 4.5])) == pytest.approx(0.1)
+    half = x.half()  # computed in FP64, whatever the inputs' dtypes
+    assert numerics.relative_error(x, half) == 0.0
