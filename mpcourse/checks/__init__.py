@@ -30,6 +30,7 @@ from .fp8 import (
     check_splitk_bf16_matmul,
     check_tf32_matmul,
 )
+from .frameworks import check_fp32_reason, check_predicted_row
 from .inference import check_outlier_matmul, check_per_channel_scale, check_sensitive_layer
 from .keras_mp import check_float32_head, check_keras_scale
 from .master import check_working_after
