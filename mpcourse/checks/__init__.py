@@ -12,9 +12,15 @@ check prints instead of raising, so Run All reaches the end).
 
 from ._core import CheckFailed, NotAnswered, NotPassed, student_mode, wrap_checks
 from .autocast import check_autocast_categories, check_fp32_function, check_safe_bce
-from .bench import check_arithmetic_intensity, check_linear_saved_bytes, check_pad_to_multiple
+from .bench import (
+    check_arithmetic_intensity,
+    check_linear_saved_bytes,
+    check_pad_to_multiple,
+    check_padding_overhead,
+)
 from .debug import check_broken_loop, check_rms_norm, check_safe_inference
 from .distributed import check_fsdp_bytes, check_skips_across_ranks
+from .finetune import check_ema_moves, check_nf4_codes, check_swallowed
 from .formats import (
     check_decode,
     check_e4m3_max,
@@ -54,6 +60,7 @@ from .scaling import (
 )
 from .setup import check_amp_choice, check_nbytes
 from .train import check_amp_bug_hunt, check_amp_step, check_plain_amp_loop, check_resume
+from .transformer import check_fp16_scores, check_masked_attention, check_transformer_step
 
 # Every check imported above is public: a new chapter adds one import line, nothing more.
 __all__ = ["CheckFailed", "NotAnswered", "NotPassed", "student_mode"] + sorted(
