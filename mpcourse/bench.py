@@ -15,8 +15,9 @@
   ``--quick`` (a smoke test) writes ``results/bench-<device>-quick.json``, so it
   never replaces full results.
 
-Timing uses ``torch.utils.benchmark.Timer`` (warm-up, then repeated blocks,
-synchronising CUDA around each block), with all of this machine's threads.
+Timing uses :func:`mpcourse.timing.autorange` (``torch.utils.benchmark.Timer``:
+warm-up, then repeated blocks, synchronising CUDA around each block), with all of
+this machine's threads.
 
 Taught in course/09_speed_and_memory.ipynb.
 """
@@ -38,11 +39,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import benchmark
 
 from .costs import MODELS, LiveTensorBytes, WideMLP, saved_activation_bytes
 from .device import cpu_features, cpu_name, pick_device, synchronize
 from .models import SimpleModel
+from .timing import autorange
 
 __all__ = [
     "MATMUL_MODES",
@@ -132,23 +133,6 @@ def tf32_enabled(enabled: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(old[2])
 
 
-def _median_seconds(fn: Any, min_run_time: float, warmup: int = 2) -> float:
-    return _timing(fn, min_run_time, warmup)[0]
-
-
-def _timing(fn: Any, min_run_time: float, warmup: int = 2) -> tuple[float, tuple[float, float]]:
-    """Median and (25th, 75th) percentiles, in seconds per call, of the blocks that
-    ``Timer.blocked_autorange`` timed (their difference is the IQR it reports)."""
-    for _ in range(warmup):
-        fn()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    q1, q3 = torch.tensor(measurement.times, dtype=torch.float64).quantile(
-        torch.tensor([0.25, 0.75], dtype=torch.float64)
-    )
-    return float(measurement.median), (float(q1), float(q3))
-
-
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}: choose from {', '.join(choices)}")
@@ -173,7 +157,7 @@ def matmul_tflops(
     gen = torch.Generator().manual_seed(n)
     a, b = (torch.randn(n, n, generator=gen).to(device, _DTYPE[mode]) for _ in range(2))
     with tf32_enabled(mode == "tf32"):
-        t, quartiles = _timing(lambda: a @ b, min_run_time)
+        t, quartiles = autorange(lambda: a @ b, min_run_time)
     return MatmulResult(mode, n, t, 2 * n**3 / t / 1e12, quartiles_seconds=quartiles)
 
 
@@ -225,7 +209,7 @@ def train_step(
         scaler.update()
 
     with tf32_enabled(False):
-        seconds, quartiles = _timing(step, min_run_time)
+        seconds, quartiles = autorange(step, min_run_time)
         opt.zero_grad(set_to_none=True)
         peak = None
         if device.type == "cuda":

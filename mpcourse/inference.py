@@ -29,23 +29,18 @@ Taught in course/11_inference.ipynb.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import io
-import os
-import statistics
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .device import synchronize
 from .models import SimpleModel
 from .numerics import relative_error
+from .timing import Latency, all_threads, compare_latency, measure_latency  # chapter 11's clock
 
 __all__ = [
     "FLOAT_FORMATS",
@@ -403,109 +398,6 @@ def state_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Per-call seconds over ``repeats`` timed blocks: median and interquartile range.
-
-    Taught in course/11_inference.ipynb.
-    """
-
-    median: float
-    q1: float
-    q3: float
-    repeats: int
-    threads: int
-
-    @property
-    def iqr(self) -> float:
-        return self.q3 - self.q1
-
-    def __str__(self) -> str:
-        return f"{self.median * 1e3:.3f} ms (IQR {self.iqr * 1e3:.3f} ms, {self.repeats} runs)"
-
-
-def all_threads() -> int:
-    """The number of CPU cores this process may use (its affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[int]:
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
-
-def measure_latency(
-    fn: Callable[[], Any],
-    *,
-    repeats: int = 20,
-    number: int = 1,
-    warmup: int = 3,
-    threads: int | None = None,
-    device: torch.device | str = "cpu",
-) -> Latency:
-    """Median and quartiles of the time of ``fn()``: ``warmup`` calls, then ``repeats`` blocks.
-
-    Each block times ``number`` calls (synchronising ``device`` before and
-    after) and counts ``block_time / number``. ``threads`` sets
-    ``torch.set_num_threads`` for the measurement (restored afterwards).
-    Runs under ``torch.inference_mode()``.
-
-    Taught in course/11_inference.ipynb.
-    """
-    return compare_latency(
-        {"fn": fn}, repeats=repeats, number=number, warmup=warmup, threads=threads, device=device
-    )["fn"]
-
-
-def compare_latency(
-    fns: Mapping[str, Callable[[], Any]],
-    *,
-    repeats: int = 20,
-    number: int = 1,
-    warmup: int = 3,
-    threads: int | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[str, Latency]:
-    """:func:`measure_latency` for several functions, interleaved: one block of each per round.
-
-    On a shared machine the load changes over time; interleaving spreads
-    those changes over all candidates instead of penalising whichever ran
-    during a busy moment.
-
-    Taught in course/11_inference.ipynb.
-    """
-    for name, value, low in (("repeats", repeats, 2), ("number", number, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    times: dict[str, list[float]] = {key: [] for key in fns}
-    with _threads(threads) as used, torch.inference_mode():
-        for fn in fns.values():
-            for _ in range(warmup):
-                fn()
-        for _ in range(repeats):
-            for key, fn in fns.items():
-                synchronize(device)
-                start = time.perf_counter()
-                for _ in range(number):
-                    fn()
-                synchronize(device)
-                times[key].append((time.perf_counter() - start) / number)
-    out = {}
-    for key, ts in times.items():
-        q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive")
-        out[key] = Latency(statistics.median(ts), q1, q3, repeats, used)
-    return out
 
 
 def inference_benchmark(
