@@ -252,7 +252,10 @@ class ChapterSetup(NamedTuple):
 
 
 def setup_chapter(
-    seed: int = 0, threads: int | None = None, device: str | torch.device | None = None
+    seed: int = 0,
+    threads: int | None = None,
+    device: str | torch.device | None = None,
+    reproducible: bool = False,
 ) -> ChapterSetup:
     """One call at the top of a chapter: pick the device, its autocast dtype, seed everything.
 
@@ -262,6 +265,10 @@ def setup_chapter(
     ``threads`` (a positive int) sets ``torch.set_num_threads`` when the chapter runs on the
     CPU: one thread is faster for tiny tensors on a shared machine, and printed digits do
     not depend on the core count. ``None`` leaves torch's thread count alone.
+    ``reproducible=True`` asks, on a GPU, for deterministic cuDNN kernels and no TF32
+    (``torch.backends.cudnn.deterministic``, ``allow_tf32 = False`` for cuDNN and cuBLAS),
+    so that bit-for-bit comparisons hold there too and an FP32 baseline is really FP32
+    (TF32 is chapter 08); it changes nothing on the CPU.
 
     >>> device, dtype, gen = setup_chapter(seed=0, device="cpu")
     >>> device, dtype
@@ -278,6 +285,9 @@ def setup_chapter(
     chosen = pick_device(device)
     if threads is not None and chosen.type == "cpu":
         torch.set_num_threads(threads)
+    if reproducible:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return ChapterSetup(chosen, amp_dtype(chosen), seed_everything(seed))
 
 

@@ -193,6 +193,11 @@ def test_setup_chapter_seeds_picks_and_sets_threads(monkeypatch):
         assert setup.device == device and setup.amp_dtype == dtype
     finally:
         torch.set_num_threads(before)
+    try:
+        setup_chapter(device="cpu", reproducible=True)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.deterministic = False
     with pytest.raises(ValueError, match="threads"):
         setup_chapter(threads=0)
     with pytest.raises(TypeError, match="seed"):
