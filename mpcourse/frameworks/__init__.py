@@ -46,6 +46,8 @@ __all__ = [
     "platform_table",
     "trainer_fp32_reason",
     "FP32_REASONS",
+    "recipe_of",
+    "show_source",
 ]
 
 SETTINGS: dict[str, tuple[str, ...]] = {
@@ -145,13 +147,15 @@ def format_rows(rows: list[dict[str, Any]], width: int = 60) -> str:
     a refused setting shows its error, cut to ``width`` characters."""
     cols = ("param_dtype", "compute_dtype", "output_dtype", "loss_dtype", "loss_scaler",
             "master_weights")  # fmt: skip
-    heads = ("framework", "setting", "param", "compute", "output", "loss", "scaler", "master")
+    heads = ("framework", "setting", "param", "compute", "output", "loss", "scaler", "master",
+             "recipe")  # fmt: skip
     lines = []
     for r in rows:
         if r.get("error"):
             cells = [r["framework"], r["setting"], "refused: " + r["error"][:width]]
         else:
             cells = [r["framework"], r["setting"]] + [_short(r[c]) for c in cols]
+            cells.append(_short(recipe_of(r)))
         lines.append(cells)
     widths = [
         max([len(h)] + [len(c[i]) for c in lines if len(c) > 3 or i < 2])
@@ -164,3 +168,48 @@ def format_rows(rows: list[dict[str, Any]], width: int = 60) -> str:
         else:
             out.append("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
     return "\n".join(out)
+
+
+_BITS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def recipe_of(r: dict[str, Any]) -> str | None:
+    """The course's name for what a probe row measured (None for a refused setting):
+    ``fp32``; ``amp-fp16``/``amp-bf16`` (FP32 parameters, autocast: chapters 06/07);
+    ``master-fp16``/``master-bf16`` (16-bit parameters, the optimizer updates an FP32
+    copy: chapter 04); ``pure-fp16``/``pure-bf16`` (16-bit everywhere: chapters 03, 14);
+    ``lora-fp32-on-<base>`` (FP32 adapters on a frozen 16-bit base: PEFT).
+
+    Taught in course/17_frameworks.ipynb.
+    """
+    if r.get("error"):
+        return None
+    param, compute, opt = r["param_dtype"], r["compute_dtype"], r["optimizer_dtype"]
+    if param == torch.float32 and r.get("base_dtype") in _BITS:
+        return f"lora-fp32-on-{_BITS[r['base_dtype']]}"
+    if param == torch.float32:
+        return f"amp-{_BITS[compute]}" if r["autocast"] in _BITS else "fp32"
+    return f"{'master' if opt == torch.float32 else 'pure'}-{_BITS[param]}"
+
+
+def show_source(module: str, needle: str, after: int = 0) -> str:
+    """``file:line: text`` of the first line of the installed ``module`` containing
+    ``needle`` (and ``after`` more lines), the path relative to site-packages: the chapter's
+    citations, read from the versions installed here. Raises ``LookupError`` if absent.
+
+    Taught in course/17_frameworks.ipynb.
+    """
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    mod = importlib.import_module(module)
+    path = Path(inspect.getfile(mod))
+    lines = path.read_text().splitlines()
+    top = module.split(".")[0]
+    rel = path.relative_to(Path(importlib.import_module(top).__file__).parent.parent)
+    for i, line in enumerate(lines):
+        if needle in line:
+            shown = lines[i : i + 1 + after]
+            return "\n".join(f"{rel}:{i + 1 + k}: {s.strip()}" for k, s in enumerate(shown))
+    raise LookupError(f"{needle!r} is not in {rel}: the installed version differs")
