@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .validate import int_at_least
+
 __all__ = [
     "synthetic_images",
     "digits",
@@ -34,12 +36,6 @@ __all__ = [
 ]
 
 _PROTOTYPE_SEED = 20180215  # fixes what each synthetic class looks like, for every `seed`
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def synthetic_images(n: int = 2048, *, seed: int = 0, num_classes: int = 10) -> TensorDataset:
@@ -60,8 +56,8 @@ def synthetic_images(n: int = 2048, *, seed: int = 0, num_classes: int = 10) -> 
 
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
-    _check_positive_int("n", n)
-    _check_positive_int("num_classes", num_classes, minimum=2)
+    int_at_least(n, "n", 1)
+    int_at_least(num_classes, "num_classes", 2)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     proto_gen = torch.Generator().manual_seed(_PROTOTYPE_SEED + num_classes)
@@ -94,7 +90,7 @@ def digits(split: str = "train", *, image_size: int | None = None, seed: int = 0
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if image_size is not None:
-        _check_positive_int("image_size", image_size)
+        int_at_least(image_size, "image_size", 1)
     from sklearn.datasets import load_digits  # bundled with scikit-learn, read from disk
 
     bunch = load_digits()
@@ -227,6 +223,6 @@ def make_loader(
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"dataset must be a torch Dataset, got {type(dataset).__name__}")
-    _check_positive_int("batch_size", batch_size)
+    int_at_least(batch_size, "batch_size", 1)
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)

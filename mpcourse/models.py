@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .validate import positive_int
+
 __all__ = ["SimpleModel", "MLP", "count_parameters"]
 
 
@@ -75,8 +77,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MLP: {name} must be a positive int, got {value!r}")
+            positive_int(value, f"MLP: {name}")
         hidden = tuple(hidden)
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .device import synchronize
+from .validate import int_at_least
 
 __all__ = ["Latency", "all_threads", "measure_latency", "compare_latency", "autorange"]
 
@@ -120,8 +121,7 @@ def compare_latency(
     Taught in course/11_inference.ipynb.
     """
     for name, value, low in (("repeats", repeats, 2), ("number", number, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        int_at_least(value, name, low)
     times: dict[str, list[float]] = {key: [] for key in fns}
     with _threads(threads) as used, torch.inference_mode():
         for fn in fns.values():
