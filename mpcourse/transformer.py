@@ -47,7 +47,18 @@ from torch.utils.checkpoint import checkpoint
 from . import precision
 from .text import batch
 
-__all__ = ["GPTConfig", "GPT", "TrainResult", "causal_attention", "evaluate", "train_gpt"]
+__all__ = [
+    "GPTConfig",
+    "GPT",
+    "TrainResult",
+    "activation_ledger",
+    "causal_attention",
+    "chunked_cross_entropy",
+    "compare_recipes",
+    "evaluate",
+    "format_runs",
+    "train_gpt",
+]
 
 ATTENTION = ("manual", "sdpa")
 
@@ -270,7 +281,7 @@ def train_gpt(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     model.to(device=device, dtype=r.param_dtype)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     scaler = precision.make_scaler(r, device)
     gen = torch.Generator().manual_seed(seed)
     out = TrainResult(recipe=r.name, losses=[], held_out=None)
@@ -291,3 +302,107 @@ def train_gpt(
     if eval_tokens is not None:
         out.held_out = evaluate(model, eval_tokens, r.name, device)
     return out
+
+
+def compare_recipes(
+    config: GPTConfig,
+    train_tokens: torch.Tensor,
+    eval_tokens: torch.Tensor,
+    runs: list[tuple[str, int]],
+    **train_kwargs: object,
+) -> dict[tuple[str, int], TrainResult]:
+    """Train one fresh :class:`GPT` per ``(recipe, seed)`` in ``runs``: the model is built
+    after ``torch.manual_seed(seed)`` and its batches use ``seed`` too, so two recipes with
+    the same seed start from the same weights and see the same batches.
+
+    Taught in course/15_transformers.ipynb.
+    """
+    out = {}
+    for name, seed in runs:
+        torch.manual_seed(seed)
+        model = GPT(config)
+        out[(name, seed)] = train_gpt(
+            model, train_tokens, recipe=name, seed=seed, eval_tokens=eval_tokens, **train_kwargs
+        )
+    return out
+
+
+def format_runs(results: dict[tuple[str, int], TrainResult], last: int = 20) -> str:
+    """One line per run: recipe, seed, mean training loss of the ``last`` steps, held-out
+    loss, skipped steps.
+
+    Taught in course/15_transformers.ipynb.
+    """
+    lines = [
+        f"{'recipe':<10} {'seed':>4}  {'train (last ' + str(last) + ')':>15}  held-out  skipped"
+    ]
+    for (name, seed), r in results.items():
+        tail = sum(r.losses[-last:]) / len(r.losses[-last:])
+        held = f"{r.held_out:.4f}" if r.held_out is not None else "-"
+        lines.append(f"{name:<10} {seed:>4}  {tail:>15.4f}  {held:>8}  {r.skipped:>7}")
+    return "\n".join(lines)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 256
+) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, ``chunk_size`` rows at
+    a time, never holding the full ``(N, V)`` logits.
+
+    Each chunk's logits are computed in the inputs' dtype, upcast to FP32 for the
+    log-sum-exp, reduced to a sum, and recomputed in the backward pass
+    (``torch.utils.checkpoint``), so the peak holds one ``(chunk_size, V)`` FP32 block
+    instead of ``(N, V)``. Equals ``F.cross_entropy((hidden @ weight.T).float(), targets)``.
+
+    Taught in course/15_transformers.ipynb.
+    """
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(
+            f"chunked_cross_entropy takes hidden (N, C) and targets (N,), got "
+            f"{tuple(hidden.shape)} and {tuple(targets.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy((h @ weight.T).float(), t, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size), strict=True):
+        total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
+    return total / hidden.size(0)
+
+
+def activation_ledger(
+    config: GPTConfig, recipe: str = "fp32", batch_size: int = 4
+) -> dict[str, float]:
+    """Bytes autograd saves for backward, per token and per layer, for one forward pass of a
+    fresh :class:`GPT` (``config``, sequence length ``block_size``) under ``recipe``.
+
+    Measured with :func:`mpcourse.costs.saved_activation_bytes` (parameters excluded,
+    autocast's 16-bit weight copies included). Returns ``{"per_token_per_layer": ...,
+    "total": ..., "by_dtype": {...}}``: the total also holds what sits outside the blocks
+    (embeddings, final norm, logits), which ``per_token_per_layer`` leaves out by measuring
+    a model with one more layer and taking the difference.
+
+    Taught in course/15_transformers.ipynb.
+    """
+    from dataclasses import replace
+
+    from .costs import saved_activation_bytes
+
+    def measure(cfg: GPTConfig) -> dict:
+        torch.manual_seed(0)
+        model = GPT(cfg).to(precision.recipe(recipe).param_dtype)
+        idx = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size))
+        with saved_activation_bytes(model) as saved, precision.autocast(recipe, "cpu"):
+            model(idx, idx)
+        return saved
+
+    one, more = measure(config), measure(replace(config, n_layer=config.n_layer + 1))
+    tokens = batch_size * config.block_size
+    return {
+        "per_token_per_layer": (more["bytes"] - one["bytes"]) / tokens,
+        "total": one["bytes"],
+        "by_dtype": one["by_dtype"],
+    }
