@@ -32,8 +32,9 @@ from __future__ import annotations
 import copy
 import functools
 import io
-from collections.abc import Iterable
-from typing import Any
+import os
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -66,6 +67,11 @@ __all__ = [
     "all_threads",
     "inference_benchmark",
     "format_inference",
+    "ChapterModel",
+    "chapter_model",
+    "onednn_primitives",
+    "bench_reference",
+    "bench_records",
 ]
 
 FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -469,4 +475,122 @@ def format_inference(records: list[dict[str, Any]]) -> str:
             f"{r['format']:<17} {r['batch']:>6} {r['median_s'] * 1e3:>10.3f} "
             f"{(r['q3_s'] - r['q1_s']) * 1e3:>8.3f} {r['state_bytes'] / 1024:>10.1f}"
         )
+    return "\n".join(lines)
+
+
+# -- the chapter's setup and the CPU's dtype routes --------------------------------------------
+class ChapterModel(NamedTuple):
+    """The FP32 model chapter 11 serves, and the data it is measured on."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    train_set: torch.utils.data.Dataset
+
+
+def chapter_model(device: torch.device | str = "cpu", epochs: int = 4) -> ChapterModel:
+    """The seed's ``SimpleModel`` trained in FP32 on the 32x32 digits (chapter 07's loop, SGD
+    lr 0.05, batch 16, seed 0), in eval mode, with the test images and labels on ``device``.
+
+    Seed first (``mpcourse.device.setup_chapter``): the result is then the same every run.
+    On a GPU, TF32 is switched off for cuDNN so that the FP32 baseline is really FP32.
+    Taught in course/11_inference.ipynb.
+    """
+    from .data import digits, make_loader
+    from .train import train
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"chapter_model: epochs must be a positive int, got {epochs!r}")
+    device = torch.device(device)
+    torch.backends.cudnn.allow_tf32 = False
+    train_set, test_set = digits("train", image_size=32), digits("test", image_size=32)
+    images, labels = (t.to(device) for t in test_set.tensors)
+    model = SimpleModel().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    train(model, make_loader(train_set, 16, seed=0), opt, epochs=epochs, precision="fp32")
+    return ChapterModel(model.eval(), images, labels, train_set)
+
+
+def onednn_primitives(fn: Callable[[], Any], reorders: bool = False) -> list[str]:
+    """The oneDNN primitives ``fn()`` executes, as ``"kind impl pass src-dtype"`` strings.
+
+    Runs ``fn`` under ``torch.backends.mkldnn.verbose(VERBOSE_ON)`` (what
+    ``ONEDNN_VERBOSE=1`` prints) with the process's stdout (file descriptor 1)
+    sent to a temporary file, and keeps oneDNN's ``exec`` lines: e.g.
+    ``"matmul brg_matmul:avx512_core_bf16 undef bf16"`` or ``"convolution
+    jit_bf16:avx512_core_bf16 backward_weights bf16"``. Layout ``reorder``s are
+    dropped unless ``reorders``. An empty list means no oneDNN primitive ran:
+    PyTorch used its own (ATen) kernel. Taught in course/11_inference.ipynb.
+    """
+    import sys
+    import tempfile
+
+    if not callable(fn):
+        raise TypeError(f"onednn_primitives: fn must be callable, got {fn!r}")
+    sys.stdout.flush()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(1)
+        os.dup2(tmp.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                fn()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        tmp.seek(0)
+        lines = tmp.read().decode(errors="replace").splitlines()
+    found = []
+    for line in lines:
+        parts = line.split(",")
+        if len(parts) < 9 or parts[3] != "exec" or (parts[5] == "reorder" and not reorders):
+            continue
+        src = parts[8].split()[0].split(":")[1] if ":" in parts[8] else "?"
+        found.append(f"{parts[5]} {parts[6]} {parts[7]} {src}")
+    return found
+
+
+def _bench_file(path: str | os.PathLike | None) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    path = Path(path) if path else Path(__file__).resolve().parents[1] / "results/bench-cpu.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}; run python -m mpcourse bench to write it")
+    return json.loads(path.read_text())
+
+
+def bench_records(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The inference records of ``results/bench-cpu.json`` (:func:`inference_benchmark`'s
+    format). Taught in course/11_inference.ipynb."""
+    return list(_bench_file(path).get("inference", []))
+
+
+def bench_reference(path: str | os.PathLike | None = None) -> str:
+    """The quiet-machine numbers of ``results/bench-cpu.json`` (``python -m mpcourse bench``):
+    the machine, FP16/BF16 matmuls and a SimpleModel training step against FP32, and the
+    inference latencies per format and batch. Taught in course/11_inference.ipynb.
+    """
+    data = _bench_file(path)
+    m = data["machine"]
+    lines = [
+        f"{m['device_name']} ({', '.join(m['cpu_features'])}), {m['threads']} threads, "
+        f"torch {m['torch']}, {m['date'][:10]}"
+    ]
+    mm = {(r["mode"], r["n"]): r["seconds"] for r in data.get("matmul", []) if r["seconds"]}
+    for n in sorted({n for _, n in mm}):
+        if ("fp32", n) in mm:
+            ratios = [
+                f"{d} {mm[d, n] / mm['fp32', n]:.2f}x" for d in ("bf16", "fp16") if (d, n) in mm
+            ]
+            lines.append(f"matmul {n}x{n}: time vs FP32: {', '.join(ratios)}")
+    steps = {(r["model"], r["mode"]): r["seconds"] for r in data.get("train_step", [])}
+    for model in dict.fromkeys(k for k, _ in steps):
+        if (model, "fp32") in steps:
+            ratios = [
+                f"{d} {steps[model, d] / steps[model, 'fp32']:.2f}x"
+                for d in ("amp_bf16", "amp_fp16")
+                if (model, d) in steps
+            ]
+            lines.append(f"training step, {model}: time vs FP32: {', '.join(ratios)}")
+    lines.append(format_inference(data.get("inference", [])))
     return "\n".join(lines)

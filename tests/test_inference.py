@@ -328,6 +328,7 @@ def good_scale(w):
         (lambda w: w.abs().flatten(1).amax(1) / 127, "zero channel"),
         (lambda w: w.abs().amax() / 127 * torch.ones(w.shape[0]), "expected scales"),
         (lambda w: w.abs().amax(dim=0) / 127, "one per output channel"),
+        (lambda w: torch.clamp(w.abs().flatten(1).amax(1), min=FP32_EPS) / 127, "clamped amax"),
     ],
 )
 def test_check_per_channel_scale_rejects_wrong_answers(answer, message):
@@ -382,8 +383,55 @@ def test_check_outlier_matmul_rejects_wrong_answers(answer, message):
         checks.check_outlier_matmul(answer)
 
 
+def per_tensor_decomposed(x, weight, threshold):
+    outliers = (x.abs() > threshold).any(dim=0)
+    qx, sx = quantize_int8(x[:, ~outliers])
+    qw, sw = quantize_int8(weight[:, ~outliers])
+    return int8_matmul(qx, qw.T).float() * sx * sw + x[:, outliers] @ weight[:, outliers].T
+
+
 def test_check_outlier_matmul_accepts_the_decomposition():
     assert checks.check_outlier_matmul(decomposed)
+
+
+def test_check_outlier_matmul_rejects_per_tensor_scales():
+    for seed in range(3):  # the check draws its cases from the global generator
+        torch.manual_seed(seed)
+        with pytest.raises(checks.CheckFailed, match="per-tensor scales"):
+            checks.check_outlier_matmul(per_tensor_decomposed)
+
+
+# ---- the CPU's dtype routes and the reference numbers -----------------------------------------
+def test_onednn_primitives_agree_with_pytorchs_route():
+    from mpcourse.device import cpu_routes
+    from mpcourse.inference import onednn_primitives
+
+    a = torch.randn(64, 128)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = a.to(dtype)
+        found = onednn_primitives(lambda low=low: low @ low.T)
+        assert bool(found) == (cpu_routes()[str(dtype)[6:]] == "oneDNN")
+        assert all(p.startswith("matmul ") for p in found)
+    assert onednn_primitives(lambda: None) == []
+    with pytest.raises(TypeError, match="callable"):
+        onednn_primitives(3)
+
+
+def test_bench_reference_reads_the_saved_results(tmp_path):
+    from mpcourse.inference import bench_records, bench_reference
+
+    text = bench_reference()
+    assert "threads" in text and "fp32" in text and "median ms" in text
+    assert {r["format"] for r in bench_records()} >= {"fp32", "bf16", "fp16"}
+    with pytest.raises(FileNotFoundError, match="mpcourse bench"):
+        bench_records(tmp_path / "missing.json")
+
+
+def test_chapter_model_rejects_bad_epochs():
+    from mpcourse.inference import chapter_model
+
+    with pytest.raises(ValueError, match="epochs"):
+        chapter_model("cpu", epochs=0)
 
 
 def test_compare_latency_interleaves_and_reports_every_function():

@@ -55,9 +55,16 @@ def check_per_channel_scale(per_channel_scale: Callable) -> bool:
             )
         if torch.allclose(got, expected * 127, rtol=1e-6, atol=0):
             fail("you returned amax itself: the scale is amax / 127 (one step of the INT8 grid).")
+        dead = w.flatten(1).abs().amax(dim=1) == 0
+        if bool(dead.any()) and torch.allclose(got[dead], expected[dead] / 127, rtol=1e-6):
+            fail(
+                f"for {what} the all-zero channel got the scale {float(got[dead][0]):.3g}, "
+                f"expected {float(expected[dead][0]):.3g}: you clamped amax before dividing by "
+                f"127; divide first, then clamp the scale to at least eps = {FP32_EPS:.3g}."
+            )
         if not torch.allclose(got, expected, rtol=1e-6, atol=1e-12):
-            exp_text = [round(v, 6) for v in expected.tolist()[:4]]
-            got_text = [round(v, 6) for v in got.tolist()[:4]]
+            exp_text = [float(f"{v:.4g}") for v in expected.tolist()[:4]]
+            got_text = [float(f"{v:.4g}") for v in got.tolist()[:4]]
             fail(
                 f"for {what} expected scales {exp_text}..., got {got_text}...: "
                 "s_c = max|w[c]| / 127 for each output channel c."
@@ -91,19 +98,38 @@ def _decomposed(x: torch.Tensor, w: torch.Tensor, threshold: float) -> torch.Ten
     return y + int8_matmul(qx, qw.T).float() * sx * sw.T
 
 
+def _row_error(exact: torch.Tensor, got: torch.Tensor) -> float:
+    """The worst relative error of one output row: rows of small inputs count as much."""
+    return float(((got - exact).norm(dim=1) / exact.norm(dim=1)).max())
+
+
+def _decomposed_per_tensor(x: torch.Tensor, w: torch.Tensor, threshold: float) -> torch.Tensor:
+    outliers = (x.abs() > threshold).any(dim=0)
+    qx, sx = quantize_int8(x[:, ~outliers])
+    qw, sw = quantize_int8(w[:, ~outliers])
+    return x[:, outliers] @ w[:, outliers].T + int8_matmul(qx, qw.T).float() * sx * sw
+
+
 def check_outlier_matmul(outlier_matmul: Callable) -> bool:
-    """``outlier_matmul(x, weight, threshold)``: ``x @ weight.T``, LLM.int8()-style."""
+    """``outlier_matmul(x, weight, threshold)``: ``x @ weight.T``, LLM.int8()-style, with
+    per-row scales for x and per-output-channel scales for the weight (rows and channels
+    of very different size make per-tensor scales fail the per-row error bound)."""
     require_answer(outlier_matmul, "`outlier_matmul`")
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
-    for case in range(4):
+    for case in range(5):
         m, k, n = (int(v) for v in torch.randint(8, 48, (3,), generator=gen) * 4)
         x = torch.randn(m, k, generator=gen)
         w = torch.randn(n, k, generator=gen) * 0.1
-        n_out = case % 3 + (case > 0)  # 0, 2, 3, 1 outlier columns
+        if case == 4:  # rows and output channels spanning 3 decades: per tensor breaks
+            x *= 10 ** (-3 * torch.rand(m, 1, generator=gen))
+            w *= 10 ** (-3 * torch.rand(n, 1, generator=gen))
+        n_out = [0, 2, 3, 1, 2][case]  # outlier columns
         cols = torch.randperm(k, generator=gen)[:n_out]
         x[:, cols] *= 40 + 40 * torch.rand(len(cols), generator=gen)
         got = call_answer(outlier_matmul, x.clone(), w.clone(), 6.0, what="outlier_matmul")
         where = f"x of shape {(m, k)} with {n_out} outlier column(s), weight {(n, k)}"
+        if case == 4:
+            where += " (rows and channels differing in size by up to 1000x)"
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != (m, n):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             fail(f"for {where} expected an output of shape {(m, n)}, got {shape}.")
@@ -115,6 +141,17 @@ def check_outlier_matmul(outlier_matmul: Callable) -> bool:
                 f"for {where} your result equals the float32 matmul: only the outlier columns "
                 "should skip INT8; quantize the rest (quantize_int8, int8_matmul)."
             )
+        row_err = _row_error(exact, got.detach().float())
+        row_limit = max(3 * _row_error(exact, _decomposed(x, w, 6.0)), 0.005)
+        if err > limit or row_err > row_limit:
+            per_tensor = _decomposed_per_tensor(x, w, 6.0)
+            if relative_error(per_tensor, got.detach().float()) < 1e-4:
+                fail(
+                    f"for {where} your result matches per-tensor scales (worst row off by "
+                    f"{row_err:.2%}; per-row/per-channel: {row_limit / 3:.2%}): give each row of x "
+                    "and each output channel of the weight its own scale (quantize_int8(..., "
+                    "axis=0))."
+                )
         if err > limit:
             plain_q, plain_s = quantize_int8(x, 0)
             qw, sw = quantize_int8(w, 0)
@@ -123,5 +160,11 @@ def check_outlier_matmul(outlier_matmul: Callable) -> bool:
                 f"for {where} your relative error is {err:.2%} (plain per-row INT8: {plain:.2%}; "
                 f"the decomposition reaches {limit / 3:.2%}): send every column of x holding a "
                 "value with |x| > threshold, and the matching weight columns, through float32."
+            )
+        if row_err > row_limit:
+            fail(
+                f"for {where} your worst row is off by {row_err:.2%} (the decomposition: "
+                f"{row_limit / 3:.2%}): quantize "
+                "with one scale per row of x and per output channel of the weight."
             )
     return passed("outlier columns in float32, the rest in INT8: error close to the reference.")
