@@ -216,7 +216,6 @@ def test_bad_input_is_refused_with_a_clear_error(call, error):
 # --- exercise checks of course/08_bf16_tf32_fp8.ipynb --------------------------------------------
 from mpcourse import checks  # noqa: E402
 from mpcourse.checks import CheckFailed, NotAnswered  # noqa: E402
-from mpcourse.formats import TF32  # noqa: E402
 
 
 def _stub(*args):
@@ -242,29 +241,6 @@ def test_check_bf16_smallest_update():
             checks.check_bf16_smallest_update(wrong)
     with pytest.raises(NotAnswered):
         checks.check_bf16_smallest_update(None)
-
-
-def test_check_tf32_matmul():
-    assert checks.check_tf32_matmul(lambda a, b: round_to(a, TF32) @ round_to(b, TF32))
-    with pytest.raises(CheckFailed, match="plain FP32"):
-        checks.check_tf32_matmul(lambda a, b: a @ b)
-    with pytest.raises(CheckFailed, match="float32"):
-        checks.check_tf32_matmul(lambda a, b: (round_to(a, TF32) @ round_to(b, TF32)).double())
-    for wrong, words in (
-        (lambda a, b: a.bfloat16().float() @ b.bfloat16().float(), "BF16 inputs"),
-        (lambda a, b: a.half().float() @ b.half().float(), "FP16 inputs.*overflow"),
-        (lambda a, b: round_to(a @ b, TF32), "rounded output"),
-        (lambda a, b: round_to(a, TF32) @ b, "both inputs"),
-        (lambda a, b: a @ round_to(b, TF32), "both inputs"),
-        (lambda a, b: round_to(a, TF32) @ round_to(b, TF32) + 0.1, "differs .* by up to 0.1"),
-    ):
-        with pytest.raises(CheckFailed, match=words):
-            checks.check_tf32_matmul(wrong)
-    with pytest.raises(CheckFailed, match="shape"):
-        checks.check_tf32_matmul(lambda a, b: a)
-    for stub in (None, _stub):
-        with pytest.raises(NotAnswered):
-            checks.check_tf32_matmul(stub)
 
 
 def test_check_fp8_scale():

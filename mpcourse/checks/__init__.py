@@ -34,7 +34,6 @@ from .fp8 import (
     check_delayed_scales,
     check_fp8_scale,
     check_splitk_bf16_matmul,
-    check_tf32_matmul,
 )
 from .frameworks import check_fp32_reason, check_predicted_row
 from .inference import check_outlier_matmul, check_per_channel_scale, check_sensitive_layer
@@ -59,7 +58,7 @@ from .scaling import (
     check_update_scale,
 )
 from .setup import check_amp_choice, check_nbytes
-from .train import check_amp_bug_hunt, check_amp_step, check_plain_amp_loop, check_resume
+from .train import check_amp_bug_hunt, check_plain_amp_loop, check_resume
 from .transformer import check_fp16_scores, check_masked_attention, check_transformer_step
 
 # Every check imported above is public: a new chapter adds one import line, nothing more.

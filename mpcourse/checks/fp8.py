@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..formats import BF16, FP8_E4M3, FP8_E5M2, FP16, TF32, FloatFormat, round_to
+from ..formats import BF16, FP8_E4M3, FP8_E5M2, FloatFormat
 from ..fp8 import DelayedScaling, compute_scale
 from ._core import (
     CheckFailed,
@@ -49,82 +49,6 @@ def check_bf16_smallest_update(answer: float) -> bool:
     return passed(
         "that is the smallest power of two that still moves a bf16 weight of 1.0; every "
         "smaller update to it is rounded away."
-    )
-
-
-def _tf32_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return round_to(a, TF32) @ round_to(b, TF32)
-
-
-_TF32_MISTAKES = {  # what a typical wrong answer computes -> what to say about it
-    "the plain FP32 product": (
-        lambda a, b: a @ b,
-        "round a and b to TF32 first (mpcourse.formats.round_to(x, TF32)).",
-    ),
-    "BF16 inputs": (
-        lambda a, b: round_to(a, BF16) @ round_to(b, BF16),
-        "TF32 keeps 10 mantissa bits, BF16 only 7: round with round_to(x, TF32).",
-    ),
-    "FP16 inputs": (
-        lambda a, b: round_to(a, FP16) @ round_to(b, FP16),
-        "FP16 has TF32's 10 mantissa bits but only 5 exponent bits, so large inputs "
-        "overflow to inf; TF32 keeps FP32's 8 exponent bits: round with round_to(x, TF32).",
-    ),
-    "a rounded output": (
-        lambda a, b: round_to(a @ b, TF32),
-        "TF32 rounds the *inputs* of the matmul; the products are summed and returned "
-        "in FP32, without rounding the result.",
-    ),
-    "only a rounded": (
-        lambda a, b: round_to(a, TF32) @ b,
-        "round both inputs, a and b.",
-    ),
-    "only b rounded": (
-        lambda a, b: a @ round_to(b, TF32),
-        "round both inputs, a and b.",
-    ),
-}
-
-
-def check_tf32_matmul(tf32_matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
-    """Check a simulated TF32 matmul: inputs rounded to TF32, products summed in FP32."""
-    require_answer(tf32_matmul, "`tf32_matmul`")
-    gen = torch.Generator().manual_seed(8)
-    cases = [
-        (torch.randn(m, k, generator=gen) * s, torch.randn(k, n, generator=gen))
-        for (m, k, n), s in (((4, 16, 3), 1.0), ((32, 64, 8), 1.0), ((1, 256, 1), 1.0))
-    ]
-    cases.append((cases[0][0] * 1e5, cases[0][1]))  # beyond FP16's range, fine for TF32
-    for a, b in cases:
-        shapes = f"shapes {tuple(a.shape)} and {tuple(b.shape)}"
-        got = call_answer(tf32_matmul, a, b, what="tf32_matmul")
-        if not isinstance(got, torch.Tensor) or got.shape != (a.shape[0], b.shape[1]):
-            fail(
-                f"tf32_matmul(a, b) for {shapes} should return a tensor of shape "
-                f"{(a.shape[0], b.shape[1])}, got {got!r:.80}."
-            )
-        if got.dtype != torch.float32:
-            fail(
-                f"tf32_matmul should return float32 (TF32 is only an input format), "
-                f"got {got.dtype}."
-            )
-        expected = _tf32_reference(a, b)
-        if torch.allclose(got, expected, rtol=1e-5, atol=1e-5):
-            continue
-        for name, (mistake, advice) in _TF32_MISTAKES.items():
-            wrong = mistake(a, b)
-            if not torch.allclose(wrong, expected, rtol=1e-5, atol=1e-5, equal_nan=True) and (
-                torch.allclose(got, wrong, rtol=1e-6, atol=1e-6, equal_nan=True)
-            ):
-                fail(f"tf32_matmul(a, b) for {shapes} returns {name}: {advice}")
-        diff = float((got.double() - expected.double()).abs().nan_to_num(float("inf")).max())
-        fail(
-            f"tf32_matmul(a, b) for {shapes} differs from the TF32 product by up to {diff:.3g}. "
-            "Hint: round both inputs with round_to(x, TF32), then multiply in float32."
-        )
-    return passed(
-        f"tf32_matmul rounds the inputs to 10 mantissa bits and accumulates in FP32 "
-        f"({len(cases)} shapes checked, one beyond FP16's range)."
     )
 
 

@@ -58,46 +58,6 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(model(x), y)
 
 
-def check_amp_step(amp_step: Callable) -> bool:
-    """``amp_step(loss, optimizer, scaler, model, max_norm)``: scale, unscale_, clip, step."""
-    require_answer(amp_step, "`amp_step`")
-    model, opt, x, y = _setup()
-    ref_model, ref_opt, _, _ = _setup()
-    ref_scaler, scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10), _SpyScaler()
-    for _ in range(3):
-        before = len(scaler.calls)
-        call_answer(amp_step, _loss(model, x, y), opt, scaler, model, 0.1, what="amp_step")
-        calls = scaler.calls[before:]
-        if "scale" not in calls:
-            fail("amp_step never called scaler.scale(loss): backpropagate the *scaled* loss.")
-        if "update" not in calls:
-            fail(
-                f"one call of amp_step made the scaler calls {calls}: scaler.update() is missing. "
-                "Call it once after scaler.step(optimizer); without it the scale never adapts "
-                "and the next step's unscale_ fails."
-            )
-        if calls != ["scale", "unscale_", "step", "update"]:
-            fail(
-                f"one call of amp_step made the scaler calls {calls}; one step must be scale -> "
-                "unscale_ -> (clip) -> step -> update. Hint: unscale_ before clipping, so the "
-                "norm is the true gradient norm, and update once after step."
-            )
-        ref_scaler.scale(_loss(ref_model, x, y)).backward()
-        optimizer_step(ref_opt, ref_scaler, max_grad_norm=0.1)
-        opt.zero_grad(set_to_none=True)
-    same = all(
-        torch.allclose(a, b, rtol=1e-5, atol=1e-7)
-        for a, b in zip(model.parameters(), ref_model.parameters(), strict=True)
-    )
-    if not same:
-        fail(
-            "after 3 steps the parameters differ from the reference (unscale_ -> "
-            "clip_grad_norm_(max_norm) -> step -> update). Did you clip the gradients of "
-            "model.parameters() to max_norm after unscale_?"
-        )
-    return passed("scale -> backward -> unscale_ -> clip -> step -> update, as the AMP docs say.")
-
-
 def check_resume(answer: tuple[Callable, Callable]) -> bool:
     """``answer = (save, load)``: a checkpoint that resumes an FP16 + GradScaler run exactly."""
     require_answer(answer, "`answer = (save, load)`")
