@@ -165,3 +165,30 @@ def test_nbgrader_metadata_is_current(path):
     graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     answers = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
     assert len(graded) == len(answers) >= 2, "at least two exercises, each an answer and a check"
+
+
+def nonblank_lines(cell: dict) -> int:
+    return sum(1 for line in source(cell).splitlines() if line.strip())
+
+
+def test_notebooks_are_thin():
+    """Issue 25, point 1, counted as the before-stop hook counts (solution cells left out):
+    at most 15% of code cells over 15 non-blank lines, none over 30, every first code cell
+    at most 12."""
+    total, over15, over30, long_first = 0, [], [], []
+    for path in NOTEBOOKS:
+        code = [c for c in load(path)["cells"] if c["cell_type"] == "code"]
+        for k, cell in enumerate(code):
+            n = nonblank_lines(cell)
+            if k == 0 and n > 12:
+                long_first.append(f"{path.name}: first code cell has {n} lines (at most 12)")
+            if "BEGIN SOLUTION" in source(cell):
+                continue
+            total += 1
+            where = f"{path.name} code cell {k}: {n} lines"
+            over15 += [where] if n > 15 else []
+            over30 += [where] if n > 30 else []
+    problems = long_first + [f"{w} (at most 30)" for w in over30]
+    if len(over15) > 0.15 * total:
+        problems.append(f"{len(over15)} of {total} code cells over 15 lines (at most 15%)")
+    assert not problems, "\n".join(problems)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..costs import pad_to_multiple, saved_activation_bytes
-from ._core import call_answer, check_function, fail, passed, require_answer
+from ._core import call_answer, check_function, fail, passed, require_answer, uses_names
 
 
 def _mixed_intensity(m: int, k: int, n: int, in_bytes: int, out_bytes: int) -> float:
@@ -69,6 +70,60 @@ def check_pad_to_multiple(pad: Callable[[int, int], int]) -> bool:
         "(the smallest multiple of `multiple` that is at least `size`).",
     )
     return passed(f"pad rounds sizes up to the next multiple ({n} cases): 50257 -> 50304 for 64.")
+
+
+def _padding_overhead(widths: list[int], dtype: torch.dtype, multiple: int | None = None) -> float:
+    multiple = multiple or 16 // dtype.itemsize  # cuBLAS: dimensions in multiples of 16 bytes
+    padded = [pad_to_multiple(d, multiple) for d in widths]
+    flops = sum(a * b for a, b in zip(widths, widths[1:]))
+    return sum(a * b for a, b in zip(padded, padded[1:])) / flops - 1
+
+
+def check_padding_overhead(padding_overhead: Callable[[list[int], torch.dtype], float]) -> bool:
+    """Check ``padding_overhead(widths, dtype)``: the extra FLOPs (a fraction) of an MLP whose
+    widths are padded to multiples of 16 bytes of ``dtype`` (8 for FP16/BF16, 4 for FP32/TF32,
+    16 for FP8), on random widths and dtypes, new every run. An answer that calls
+    ``costs.pad_to_multiple`` is refused: the rounding is part of the exercise."""
+    require_answer(padding_overhead, "`padding_overhead`")
+    if uses_names(padding_overhead, {"pad_to_multiple"}):
+        fail("padding_overhead calls costs.pad_to_multiple: round each width up yourself.")
+    rng = random.Random()  # new cases every run
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn)
+    cases = [([768, 3072, 768], torch.bfloat16), ([50257, 768], torch.float8_e5m2)]
+    for _ in range(12):
+        widths = [rng.randrange(1, 5000) for _ in range(rng.randrange(2, 6))]
+        cases.append((widths, rng.choice(dtypes)))
+    for widths, dtype in cases:
+        got = call_answer(padding_overhead, list(widths), dtype, what="padding_overhead")
+        right = _padding_overhead(widths, dtype)
+        call = f"padding_overhead({widths}, {dtype})"
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            fail(f"{call} should return a number (the extra FLOPs as a fraction), got {got!r}.")
+        if abs(got - right) <= 1e-9 * max(1.0, abs(right)):
+            continue
+        multiple = 16 // dtype.itemsize
+        for wrong, advice in (
+            (right + 1, "return the extra FLOPs (padded / unpadded - 1), not the ratio."),
+            (
+                _padding_overhead(widths, dtype, 8),
+                f"{dtype} needs multiples of {multiple}: 16 bytes of its elements, not always 8.",
+            ),
+            (
+                _padding_overhead(widths, dtype, dtype.itemsize),
+                "the multiple is 16 bytes "
+                f"divided by the element size ({multiple} for {dtype}), not the element size.",
+            ),
+        ):
+            if abs(got - wrong) <= 1e-9 * max(1.0, abs(wrong)):
+                fail(f"{call} returned {got:.6g}, expected {right:.6g}: {advice}")
+        fail(
+            f"{call} returned {got:.6g}, expected {right:.6g}: round every width up to its "
+            "multiple, then compare sum(d_i * d_(i+1)) padded and unpadded."
+        )
+    return passed(
+        f"padding_overhead is right on {len(cases)} random MLPs in FP16, BF16, FP32 and FP8: "
+        "the wider the element, the smaller the multiple (16 bytes)."
+    )
 
 
 def _measured_linear_bytes(batch: int, n_in: int, n_out: int, autocast: bool) -> int:
