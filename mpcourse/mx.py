@@ -57,6 +57,12 @@ __all__ = [
     "METHODS",
     "fake_quantize_as",
     "relative_error",
+    "flushed_share",
+    "compare_methods",
+    "format_comparison",
+    "block_ids",
+    "linear_tensors",
+    "outlier_channels",
     "import_torchao_mx",
 ]
 
@@ -264,7 +270,9 @@ class NVFP4(NamedTuple):
 _E4M3_TINY = FP8_E4M3.min_normal  # torchao clamps block scales to [2^-6, 448]
 
 
-def nvfp4_quantize(x: torch.Tensor, *, tensor_scale: bool = True) -> NVFP4:
+def nvfp4_quantize(
+    x: torch.Tensor, *, tensor_scale: bool = True, block_scale_min: float = _E4M3_TINY
+) -> NVFP4:
     """Quantize ``x`` to NVFP4, blocks of 16 along the last dimension.
 
     With $s_t = \\max|x| / (448 \\cdot 6)$ (or $s_t = 1$ when
@@ -272,8 +280,11 @@ def nvfp4_quantize(x: torch.Tensor, *, tensor_scale: bool = True) -> NVFP4:
     $a$ gets $s_b = \\mathrm{e4m3}(\\mathrm{clamp}(a / 6 / s_t, 2^{-6}, 448))$ and
     its elements $q = \\mathrm{e2m1}(\\mathrm{clamp}(x \\cdot ((1/s_t)/s_b), \\pm 6))$.
     The float32 operations are torchao's ``nvfp4_quantize``, in its order, so
-    the result is bit-identical. A NaN anywhere makes the tensor scale (and so
-    everything) NaN; an inf makes the tensor scale inf and the result NaN.
+    the result is bit-identical. ``block_scale_min`` is the floor of the block
+    scales: torchao's $2^{-6}$ (E4M3's smallest normal) by default; $2^{-9}$
+    keeps E4M3's subnormals (a plain E4M3 cast of the scale). A NaN anywhere
+    makes the tensor scale (and so everything) NaN; an inf makes the tensor
+    scale inf and the result NaN.
 
     Taught in course/14_microscaling.ipynb.
     """
@@ -282,11 +293,11 @@ def nvfp4_quantize(x: torch.Tensor, *, tensor_scale: bool = True) -> NVFP4:
     if tensor_scale:
         ts = x.detach().float().abs().amax() / (448.0 * 6.0)
         ts = torch.where(ts == 0, torch.ones_like(ts), ts)
-        sb = round_to((block / ts).clamp(_E4M3_TINY, 448.0), FP8_E4M3)
+        sb = round_to((block / ts).clamp(block_scale_min, 448.0), FP8_E4M3)
         reciprocal = (1.0 / ts) / sb
     else:
         ts = torch.ones((), dtype=torch.float32, device=x.device)
-        sb = round_to(block.clamp(_E4M3_TINY, 448.0), FP8_E4M3)
+        sb = round_to(block.clamp(block_scale_min, 448.0), FP8_E4M3)
         reciprocal = 1.0 / sb
     q = round_to((xb * reciprocal.unsqueeze(-1)).clamp(-6.0, 6.0), FP4_E2M1)
     return NVFP4(ts, sb, q.reshape(x.shape))
@@ -416,6 +427,126 @@ def fake_quantize_as(x: torch.Tensor, method: str) -> torch.Tensor:
         fmt = {"mxfp8": FP8_E4M3, "mxfp6": FP6_E2M3, "mxfp4": FP4_E2M1}[name]
         y = mx_fake_quantize(p, fmt, scale_mode=mode or "floor")
     return y[:m, :k]
+
+
+def flushed_share(x: torch.Tensor, approx: torch.Tensor) -> float:
+    """Share of the nonzero values of ``x`` that ``approx`` turned into zero.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    nonzero = x != 0
+    return float(((approx == 0) & nonzero).sum()) / max(int(nonzero.sum()), 1)
+
+
+def compare_methods(
+    tensors: dict[str, torch.Tensor],
+    methods: tuple[str, ...] = METHODS,
+    keep: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """Relative error and flushed share of each method on each tensor: ``(errors, zeros)``.
+
+    Both dicts are keyed ``(method, tensor name)``. ``keep[name]``, a boolean
+    mask over the last dimension, restricts the measurement to those columns
+    (the quantization itself sees the whole tensor).
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    errors, zeros = {}, {}
+    for method in methods:
+        for name, t in tensors.items():
+            y = fake_quantize_as(t, method)
+            if keep and name in keep:
+                t, y = t[:, keep[name]], y[:, keep[name]]
+            errors[method, name] = relative_error(t, y)
+            zeros[method, name] = flushed_share(t, y)
+    return errors, zeros
+
+
+def format_comparison(
+    errors: dict[tuple[str, str], float], zeros: dict[tuple[str, str], float]
+) -> str:
+    """The table of :func:`compare_methods`: ``error (flushed %)`` per method and tensor.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    methods = list(dict.fromkeys(m for m, _ in errors))
+    names = list(dict.fromkeys(n for _, n in errors))
+    lines = [f"{'':<15}" + "".join(f"{n:>20}" for n in names)]
+    for m in methods:
+        cells = [f"{errors[m, n]:.4f} ({100 * zeros[m, n]:5.1f}%)" for n in names]
+        lines.append(f"{m:<15}" + "".join(f"{c:>20}" for c in cells))
+    return "\n".join(lines + ["relative error (share of nonzero values flushed to zero)"])
+
+
+def block_ids(shape: tuple[int, int], tile: tuple[int, int]) -> torch.Tensor:
+    """Which block each element of a ``shape`` matrix belongs to, for ``tile`` blocks.
+
+    ``tile = (rows, cols)``: ``(M, K)`` is one scale per tensor, ``(1, 32)`` MX,
+    ``(1, 16)`` NVFP4, ``(1, 128)`` / ``(128, 128)`` DeepSeek-V3's FP8 tiles.
+    Block ids run row-major over the grid of blocks.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    (m, k), (tm, tk) = shape, tile
+    rows = torch.arange(m)[:, None] // tm
+    cols = torch.arange(k)[None, :] // tk
+    return rows * ((k + tk - 1) // tk) + cols
+
+
+def linear_tensors(
+    model: torch.nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The weight, input and input gradient of ``model``'s Linear ``layer`` on one batch.
+
+    Runs ``cross_entropy(model(x), y)`` forward and backward with a hook that
+    keeps the layer's input; returns ``{"<layer> weight", "<layer> input",
+    "its gradient"}`` (detached float32 tensors). The model's own gradients are
+    left as they were.
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    module = dict(model.named_modules()).get(layer)
+    if not isinstance(module, torch.nn.Linear):
+        raise ValueError(f"{layer!r} is not an nn.Linear of the model")
+    seen: list[torch.Tensor] = []
+
+    def keep_input(_: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        inp = inputs[0].detach().requires_grad_(True)
+        seen.append(inp)
+        return (inp,)
+
+    handle = module.register_forward_pre_hook(keep_input)
+    try:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        (grad,) = torch.autograd.grad(loss, seen[0])
+    finally:
+        handle.remove()
+    return {
+        f"{layer} weight": module.weight.detach().float(),
+        f"{layer} input": seen[0].detach().float(),
+        "its gradient": grad.float(),
+    }
+
+
+def outlier_channels(
+    rows: int = 256,
+    cols: int = 512,
+    columns: tuple[int, ...] = (7, 100, 260, 451),
+    factor: float = 100.0,
+    seed: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Gaussian ``rows x cols`` tensor whose ``columns`` are ``factor`` times larger.
+
+    Returns ``(tensor, normal)``, ``normal`` the boolean mask of the other columns:
+    the shape of LLM activations with outlier features (Dettmers et al., 2022).
+
+    Taught in course/14_microscaling.ipynb.
+    """
+    t = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    t[:, list(columns)] *= factor
+    normal = torch.ones(cols, dtype=torch.bool)
+    normal[list(columns)] = False
+    return t, normal
 
 
 # --- torchao, imported quietly ----------------------------------------------------------------

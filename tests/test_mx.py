@@ -365,3 +365,48 @@ def test_rceil_is_the_exact_scale_rounded_up_and_never_clips(fmt):
     assert ((s == floor_s) | (s == 2 * floor_s)).all()  # never more than one binade apart
     with pytest.raises(ValueError, match="scale_mode must be one of"):
         mx_quantize(x, fmt, scale_mode="ceil")
+
+
+# --- the chapter's helpers -----------------------------------------------------------------------
+
+
+def test_comparison_helpers_measure_what_they_say():
+    from mpcourse.mx import (
+        block_ids,
+        compare_methods,
+        fake_quantize_as,
+        flushed_share,
+        format_comparison,
+        linear_tensors,
+        outlier_channels,
+        relative_error,
+    )
+
+    x = torch.tensor([[1.0, 0.0, 2.0, 3.0]])
+    assert flushed_share(x, torch.tensor([[0.0, 0.0, 2.0, 0.0]])) == 2 / 3
+    t, normal = outlier_channels(8, 64, (3,), 100.0, seed=1)
+    assert normal.sum() == 63 and t[:, 3].abs().mean() > 20 * t[:, normal].abs().mean()
+    errors, zeros = compare_methods({"t": t}, ("mxfp8", "mxfp4 rceil"), keep={"t": normal})
+    assert errors["mxfp8", "t"] == relative_error(
+        t[:, normal], fake_quantize_as(t, "mxfp8")[:, normal]
+    )
+    assert "mxfp4 rceil" in format_comparison(errors, zeros)
+    ids = block_ids((4, 64), (1, 32))
+    assert ids.shape == (4, 64) and ids.unique().numel() == 8 and ids[1, 32] == 3
+    assert block_ids((256, 256), (128, 128)).unique().numel() == 4
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    xb, yb = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+    got = linear_tensors(model, "2", xb, yb)
+    inp = torch.relu(model[0](xb)).detach().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model[2](inp), yb).backward()
+    assert torch.allclose(got["2 input"], inp) and torch.allclose(got["its gradient"], inp.grad)
+    assert model[0].weight.grad is None  # the model's own gradients are left alone
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        linear_tensors(model, "1", xb, yb)
+
+
+def test_nvfp4_block_scale_floor_is_a_parameter():
+    x = torch.randn(2, 64) * torch.tensor([[1.0], [1e-6]])
+    default, low = nvfp4_quantize(x), nvfp4_quantize(x, block_scale_min=2.0**-9)
+    assert default.block_scale.min() >= 2.0**-6 and low.block_scale.min() < 2.0**-6
