@@ -196,3 +196,37 @@ def format_trace(
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more rows")
     return "\n".join(lines)
+
+
+AUTOCAST_MACROS = (
+    "AT_FORALL_LOWER_PRECISION_FP",
+    "AT_FORALL_FP32",
+    "AT_FORALL_FP32_SET_OPT_DTYPE",
+    "AT_FORALL_PROMOTE",
+)
+
+
+def header_lists(torch_dir: str | None = None) -> dict[str, set[str]] | None:
+    """The CUDA autocast op lists as written in the installed PyTorch's C++ header.
+
+    Reads ``include/ATen/autocast_mode.h`` under ``torch_dir`` (default: the installed
+    torch package) and returns, per macro of :data:`AUTOCAST_MACROS`, the set of its
+    entries as tokens (``"_(mm)"``, ``"_(softmax,"``, ...). ``None`` when the build ships
+    no C++ headers: then the probe of the live dispatcher is the only evidence.
+
+    Taught in course/06_autocast.ipynb.
+    """
+    from pathlib import Path
+
+    root = Path(torch_dir) if torch_dir is not None else Path(torch.__file__).parent
+    header = root / "include" / "ATen" / "autocast_mode.h"
+    if not header.exists():
+        return None
+    text = header.read_text()
+    lists = {}
+    for macro in AUTOCAST_MACROS:
+        start = f"#define {macro}(_)"
+        if start not in text:
+            raise ValueError(f"{header} has no {start}: the header layout changed")
+        lists[macro] = set(text.split(start)[1].split("#define")[0].split())
+    return lists

@@ -186,3 +186,18 @@ def test_checks_reject_wrong_answers():
     with pytest.raises(CheckFailed, match="ignores the incoming gradient") as info:
         checks.check_fp32_function(_softplus_function(torch.float32, ignore_grad=True))
     assert "\n" not in str(info.value)
+
+
+def test_header_lists_read_the_installed_header_or_say_none(tmp_path):
+    from mpcourse.autocast import AUTOCAST_MACROS, header_lists
+
+    lists = header_lists()
+    if lists is not None:  # the CPU wheel ships its C++ headers
+        assert (
+            set(lists) == set(AUTOCAST_MACROS) and "_(mm)" in lists["AT_FORALL_LOWER_PRECISION_FP"]
+        )
+    assert header_lists(str(tmp_path)) is None
+    (tmp_path / "include" / "ATen").mkdir(parents=True)
+    (tmp_path / "include" / "ATen" / "autocast_mode.h").write_text("#define OTHER(_) _(x)\n")
+    with pytest.raises(ValueError, match="layout changed"):
+        header_lists(str(tmp_path))
