@@ -105,6 +105,18 @@ def test_lightning_against_the_precision_plugin():
         assert mixed["loss_scaler"] == "GradScaler"
 
 
+@needs["lightning"]
+def test_predicted_row_check_names_the_wrong_field():
+    bf = torch.bfloat16
+    right = {"param_dtype": bf, "compute_dtype": bf, "output_dtype": bf, "loss_dtype": bf,
+             "loss_scaler": None, "master_weights": False}  # fmt: skip
+    assert checks.check_predicted_row(right)
+    with pytest.raises(checks.CheckFailed, match="master_weights: you predicted True"):
+        checks.check_predicted_row({**right, "master_weights": True})
+    with pytest.raises(checks.CheckFailed, match="missing loss_dtype"):
+        checks.check_predicted_row({k: v for k, v in right.items() if k != "loss_dtype"})
+
+
 @needs["peft"]
 def test_peft_adapters_are_fp32_on_a_16_bit_base():
     r = probe("peft", "fp16-base")

@@ -122,12 +122,17 @@ def probe(
     device = pick_device(device)
     messages: list[str] = []
     result: dict[str, Any] = {"framework": framework, "setting": setting}
+    tf32 = getattr(torch.backends, "fp32_precision", None), torch.get_float32_matmul_precision()
     try:
         with quiet(messages), torch.random.fork_rng(devices=[]):
             result.update(_runner(framework)(setting, device))
         result["error"] = None
     except Exception as err:  # noqa: BLE001 - the library refusing a setting is a result
         result.update(_EMPTY, linears=[], error=f"{type(err).__name__}: {err}".split("\n")[0])
+    finally:  # the Trainer's tf32 flag switches TF32 on for the whole process: undo it
+        if tf32[0] is not None:
+            torch.backends.fp32_precision = tf32[0]
+        torch.set_float32_matmul_precision(tf32[1])
     result["messages"] = messages
     return result
 

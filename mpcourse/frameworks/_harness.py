@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -125,6 +126,10 @@ def quiet(messages: list[str]) -> Iterator[None]:
             warnings.simplefilter("always")
             yield
     finally:
+        for lg in logging.root.manager.loggerDict.values():  # handlers created in the block
+            for h in getattr(lg, "handlers", []):
+                if isinstance(h, logging.StreamHandler) and h.stream is sink:
+                    h.setStream(sys.stderr)
         for lg in added:
             lg.removeHandler(keep)
         for h, level in muted:
