@@ -136,7 +136,8 @@ def _check_safe_inference(safe_forward: Callable, gen: torch.Generator) -> bool:
         if not bool(torch.isfinite(got).all()):
             fail(
                 f"safe_forward returned inf/NaN {where}: some block still overflows FP16. Find "
-                "it with mpcourse.debug.headroom(model, x).overflows(FP16)."
+                "it with mpcourse.debug.headroom(model, x).overflows(FP16), which names "
+                "submodules such as '2.0': map them to their block '2'."
             )
         wrong_fp32 = sorted(
             n for n, d in seen.items() if not n.startswith(f"{hot}.") and d != torch.float16
