@@ -323,3 +323,16 @@ def test_bug_hunt_check_names_each_bug(bugs, message):
 
 def test_bug_hunt_check_accepts_the_fixed_step():
     assert checks.check_transformer_step(_step(True, True, True))
+
+
+@pytest.mark.parametrize(
+    "check",
+    [checks.check_fp16_scores, checks.check_masked_attention, checks.check_transformer_step],
+)
+def test_exercise_checks_say_not_answered_for_stubs(check):
+    def stub(*args):
+        raise NotImplementedError
+
+    for answer in (None, stub):
+        with pytest.raises(checks.NotAnswered):
+            check(answer)
