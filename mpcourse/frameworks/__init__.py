@@ -48,6 +48,7 @@ __all__ = [
     "FP32_REASONS",
     "recipe_of",
     "show_source",
+    "lora_model",
 ]
 
 SETTINGS: dict[str, tuple[str, ...]] = {
@@ -218,3 +219,14 @@ def show_source(module: str, needle: str, after: int = 0) -> str:
             shown = lines[i : i + 1 + after]
             return "\n".join(f"{rel}:{i + 1 + k}: {s.strip()}" for k, s in enumerate(shown))
     raise LookupError(f"{needle!r} is not in {rel}: the installed version differs")
+
+
+def lora_model(setting: str, device: torch.device | str | None = None) -> torch.nn.Module:
+    """The tiny LoRA model of ``probe("peft", setting)``, built quietly on ``device``.
+
+    Taught in course/17_frameworks.ipynb.
+    """
+    from . import _hf
+
+    with quiet([]):
+        return _hf.lora_model(setting, pick_device(device))

@@ -32,7 +32,7 @@ def tiny_gpt2(dtype: torch.dtype | None = None) -> nn.Module:
 
     config = GPT2Config(
         vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
-        eos_token_id=0,
+        eos_token_id=0, loss_type="ForCausalLM",
     )  # fmt: skip
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -128,16 +128,29 @@ PEFT_BASES = {
 }
 
 
+def lora_model(setting: str, device: torch.device | str = "cpu") -> nn.Module:
+    """The PEFT model a probe trains: LoRA (rank 4 on ``c_attn``) on a tiny GPT-2 built in
+    the 16-bit dtype of ``setting`` (a key of ``PEFT_BASES``), adapters in FP32 unless the
+    setting ends in ``-no-upcast``.
+
+    Taught in course/17_frameworks.ipynb.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if setting not in PEFT_BASES:
+        raise ValueError(f"unknown PEFT setting {setting!r}: use one of {', '.join(PEFT_BASES)}")
+    dtype, upcast = PEFT_BASES[setting]
+    base = tiny_gpt2(dtype).to(device)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
+    return get_peft_model(base, config, autocast_adapter_dtype=upcast)
+
+
 def run_peft(setting: str, device: torch.device) -> dict[str, Any]:
     """LoRA (rank 4 on ``c_attn``) on a tiny GPT-2 built in 16 bits, two AdamW steps on the
     trainable parameters. ``autocast_adapter_dtype`` is PEFT's switch that creates the
     adapters in FP32 on a 16-bit base (default True); ``-no-upcast`` turns it off."""
-    from peft import LoraConfig, get_peft_model
-
-    dtype, upcast = PEFT_BASES[setting]
-    base = tiny_gpt2(dtype).to(device)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True)
-    model = get_peft_model(base, config, autocast_adapter_dtype=upcast)
+    model = lora_model(setting, device)
+    base = model.get_base_model()
     lora_a = next(m for n, m in model.named_modules() if n.endswith("lora_A.default"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
