@@ -105,7 +105,7 @@ def nf4_encode(
     Taught in course/16_finetuning.ipynb.
     """
     blocks = _check_blocks(x, block_size)
-    table = _as_levels(levels)
+    table = _as_levels(levels).to(blocks.device)
     absmax = blocks.abs().amax(dim=1)
     scaled = blocks / torch.where(absmax > 0, absmax, 1.0)[:, None]
     midpoints = (table[1:] + table[:-1]) / 2
@@ -204,7 +204,7 @@ def quantize_nf4(
     codes, absmax = nf4_encode(x, block_size, levels)
     flat = codes.reshape(-1)
     packed = (flat[::2] << 4) | flat[1::2]
-    w = NF4Weight(packed, x.shape, block_size, _as_levels(levels))
+    w = NF4Weight(packed, x.shape, block_size, _as_levels(levels).to(x.device))
     if double_quant:
         w.qscales, w.factor, w.mean = double_quantize(absmax, scale_block_size)
     else:

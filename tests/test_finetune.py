@@ -255,3 +255,90 @@ def test_bad_input() -> None:
         EMA(Tiny(), 1.0)
     with pytest.raises(ValueError, match="method"):
         finetune_ledger("lora fp8", 10)
+
+
+def _tiny_gpt():
+    from mpcourse.transformer import GPT, GPTConfig
+
+    torch.manual_seed(6)
+    return GPT(GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32))
+
+
+def test_finetune_loop_on_an_nf4_base_trains_only_the_adapters() -> None:
+    from mpcourse.finetune import finetune
+
+    model = _tiny_gpt().bfloat16()
+    quantize_linears(model, ("qkv", "proj"), torch.bfloat16, scale_block_size=16)
+    add_lora(model, ("qkv", "proj"), rank=2)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    tokens = torch.randint(0, 256, (400,), generator=torch.Generator().manual_seed(0))
+    run = finetune(model, tokens, steps=3, lr=1e-2, batch_size=4, eval_tokens=tokens)
+    assert len(run.losses) == 3 and run.held_out is not None and max(run.lost) == 0
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    lora = model.blocks[0].attn.qkv
+    assert lora.merged_weight().shape == (96, 32) and lora.lora_B.abs().sum() > 0
+
+
+def test_ledger_check_and_torchao_states() -> None:
+    from mpcourse.finetune import ledger_check, torchao_state_bytes
+
+    model = _tiny_gpt()
+    x = torch.randint(0, 256, (4, 16))
+    rows = ledger_check(model, x, x.roll(1, 1), rank=2)
+    assert [r[0] for r in rows] == list(FT_METHODS)
+    assert all(abs(measured - ledger) < 0.15 for _, ledger, measured in rows)
+    # two states: 1-byte codes, an FP32 scale per 256, and a 256-entry FP32 code map each
+    assert torchao_state_bytes("AdamW8bit", (64, 64)) == 2 + 2 * 4 / 256 + 2 * 1024 / 4096
+    assert torchao_state_bytes("AdamW8bit", (32, 32)) == 8.0  # under 4096 values: FP32 states
+    with pytest.raises(ValueError, match="AdamW8bit"):
+        torchao_state_bytes("Adam8bit", (64, 64))
+
+
+def test_pretrained_gpt_is_cached(tmp_path, monkeypatch) -> None:
+    from mpcourse.finetune import pretrained_gpt
+
+    monkeypatch.setenv("MPCOURSE_CACHE", str(tmp_path))
+    first = pretrained_gpt(steps=2)
+    assert len(list(tmp_path.glob("mpcourse/gpt-*-s2-seed0-torch*.pt"))) == 1
+    again = pretrained_gpt(steps=2)
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values())
+    )
+
+
+def test_exercise_checks() -> None:
+    from mpcourse import checks
+    from mpcourse.checks import CheckFailed, NotAnswered
+
+    def nf4_codes(block, levels):
+        absmax = block.abs().max()
+        scaled = block / (absmax if absmax > 0 else 1.0)
+        return (scaled[:, None] - levels).abs().argmin(1), absmax
+
+    def no_scale(block, levels):
+        return (block[:, None] - levels).abs().argmin(1), block.abs().max()
+
+    def ema_moves(e, w, decay, dtype):
+        e16, w16 = torch.tensor(e).to(dtype), torch.tensor(w).to(dtype)
+        return bool((e16.float() + (1 - decay) * (w16.float() - e16.float())).to(dtype) != e16)
+
+    def ema_exact(e, w, decay, dtype):  # forgets to round the result
+        return (1 - decay) * (w - e) != 0
+
+    def find_swallowed(before, after, grads):
+        return swallowed(before, after, grads)
+
+    def all_unchanged(before, after, grads):  # counts zero-gradient entries too
+        return sorted(n for n in grads if (after[n] == before[n]).float().mean() > 0.5)
+
+    assert checks.check_nf4_codes(nf4_codes) and checks.check_ema_moves(ema_moves)
+    for check, wrong in (
+        (checks.check_nf4_codes, no_scale),
+        (checks.check_ema_moves, ema_exact),
+        (checks.check_swallowed, all_unchanged),
+        (checks.check_swallowed, find_swallowed),  # calls the package's answer
+    ):
+        with pytest.raises(CheckFailed):
+            check(wrong)
+    with pytest.raises(NotAnswered):
+        checks.check_swallowed(None)
