@@ -1,6 +1,8 @@
 """The chapter-03 experiment: one model, one data set, one seed, in FP32 or in pure FP16.
 
-"Pure FP16" is the naive recipe: ``model.half()`` and FP16 inputs, so the
+"Pure FP16" (recipe ``"pure-fp16"`` of :mod:`mpcourse.precision`; ``"pure-bf16"``
+and ``"fp32"`` run the same loop) is the naive recipe: ``model.half()`` and FP16
+inputs, so the
 weights, activations, gradients *and* the optimizer state are FP16, and every
 update ``w <- w - lr * step`` is rounded to FP16 when it is stored. There is
 no FP32 master copy and no loss scaling (chapters 04 and 05 add them).
@@ -28,10 +30,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .data import make_loader
+from .precision import Recipe, recipe
 from .progress import progress
 
 __all__ = [
-    "PRECISIONS",
     "History",
     "cosine_lr",
     "make_optimizer",
@@ -42,7 +44,17 @@ __all__ = [
     "first_adam_step",
 ]
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+def _pure_dtype(precision: str | Recipe) -> tuple[str, torch.dtype]:
+    """``(name, parameter dtype)`` of a recipe whose parameters are what it computes in."""
+    r = recipe(precision)
+    if r.autocast:
+        raise ValueError(
+            f"precision={r.name!r} runs autocast over FP32 parameters: this loop casts the "
+            "model itself; use 'fp32', 'pure-fp16' or 'pure-bf16' (autocast training is "
+            "chapter 07's mpcourse.train.train)"
+        )
+    return r.name, r.param_dtype
 
 
 @dataclass
@@ -197,7 +209,7 @@ def train(
     model: nn.Module,
     dataset: TensorDataset,
     *,
-    precision: str = "fp32",
+    precision: str | Recipe = "fp32",
     optimizer: str = "sgd",
     lr: float = 0.01,
     steps: int = 300,
@@ -210,7 +222,10 @@ def train(
     device: torch.device | str | None = None,
     stop_on_nonfinite: bool = True,
 ) -> History:
-    """Train a *copy* of ``model`` for ``steps`` steps in ``"fp32"`` or pure ``"fp16"``.
+    """Train a *copy* of ``model`` for ``steps`` steps in ``"fp32"`` or ``"pure-fp16"``.
+
+    ``precision`` is a recipe of :mod:`mpcourse.precision` whose parameters are
+    what it computes in: ``"fp32"``, ``"pure-fp16"`` or ``"pure-bf16"``.
 
     Each step: ``x -> x.to(dtype)``, ``L = mean_i CE(f(x_i), y_i)`` (the loss is
     averaged over the batch, as in the seed), ``L.backward()``, one optimizer
@@ -224,21 +239,19 @@ def train(
 
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    name, dtype = _pure_dtype(precision)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if final_lr is not None and not (isinstance(final_lr, (int, float)) and 0 < final_lr <= lr):
         raise ValueError(f"final_lr must be a number in (0, lr={lr}], got {final_lr!r}")
-    dtype = PRECISIONS[precision]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model).to(device=device, dtype=dtype)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum=momentum, eps=eps)
-    hist = History(precision=precision, optimizer=optimizer, lr=lr, model=net)
+    hist = History(precision=name, optimizer=optimizer, lr=lr, model=net)
     data = batches(dataset, batch_size, seed)
     net.train()
-    for step in progress(range(steps), desc=f"{precision} {optimizer}"):
+    for step in progress(range(steps), desc=f"{name} {optimizer}"):
         x, y = next(data)
         x, y = x.to(device, dtype), y.to(device)
         if final_lr is not None:
@@ -263,22 +276,21 @@ def first_adam_step(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    precision: str = "fp16",
+    precision: str | Recipe = "pure-fp16",
     lr: float = 1e-3,
     eps: float = 1e-8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g, dw)``: every weight's gradient and how far one Adam step moved it, in FP32.
 
-    A copy of ``model`` in ``precision`` takes one step of ``torch.optim.Adam(lr, eps)``
-    on ``mean CE(f(x), y)``; both tensors are flat, one entry per weight. Adam intends
+    A copy of ``model`` in ``precision`` (``"fp32"``, ``"pure-fp16"`` or ``"pure-bf16"``)
+    takes one step of ``torch.optim.Adam(lr, eps)`` on ``mean CE(f(x), y)``;
+    both tensors are flat, one entry per weight. Adam intends
     $|\\Delta w| \\approx \\eta$ at its first step ($\\hat m / \\sqrt{\\hat v} = g / |g|$);
     ``dw.abs() / lr`` shows what really happened (inf/NaN where the state broke).
 
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    dtype = PRECISIONS[precision]
+    dtype = _pure_dtype(precision)[1]
     device = next(model.parameters()).device
     net = copy.deepcopy(model).to(dtype=dtype)
     params = [p for p in net.parameters() if p.requires_grad]

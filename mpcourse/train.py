@@ -1,14 +1,19 @@
 """The reference mixed precision training loop: autocast + GradScaler, done right.
 
-One loop, three precision modes, the same code on CUDA and CPU:
+One loop, the FP32-parameter recipes of :mod:`mpcourse.precision`, the same
+code on CUDA and CPU:
 
 * ``"fp32"``: no autocast, no scaler;
-* ``"fp16"``: ``torch.autocast(dtype=float16)`` + ``torch.amp.GradScaler``
+* ``"amp-fp16"``: ``torch.autocast(dtype=float16)`` + ``torch.amp.GradScaler``
   (the original AMP recipe: the loss is multiplied by the scale $S$ before
   backward, gradients are divided by $S$ before the step, and a step whose
   gradients hold inf/NaN is skipped while $S$ is halved);
-* ``"bf16"``: ``torch.autocast(dtype=bfloat16)``, no scaler (bfloat16 has the
-  exponent range of float32, so gradients do not underflow the way FP16's do).
+* ``"amp-bf16"``: ``torch.autocast(dtype=bfloat16)``, no scaler (bfloat16 has the
+  exponent range of float32, so gradients do not underflow the way FP16's do);
+* ``"auto"``: whichever of the two :func:`mpcourse.device.amp_dtype` picks.
+
+The ``pure-*`` recipes (16-bit parameters) are chapter 03's loop,
+:func:`mpcourse.purefp16.train`.
 
 Production patterns, in the order the scaler requires them: ``scale(loss)
 .backward()`` for every micro-batch (gradient accumulation), then
@@ -36,15 +41,12 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .device import amp_dtype
+from .precision import RECIPES, Recipe, autocast, make_scaler, recipe
 from .progress import progress
 from .scaling import found_inf
 
 __all__ = [
-    "PRECISIONS",
     "History",
-    "autocast_context",
-    "make_scaler",
     "backward",
     "optimizer_step",
     "train",
@@ -52,40 +54,22 @@ __all__ = [
     "legacy_amp_warnings",
 ]
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-_LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-def _check_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":  # device.amp_dtype decides: BF16 where it is native, else FP16
-        return "bf16" if amp_dtype(device) == torch.bfloat16 else "fp16"
-    if precision not in PRECISIONS:
+def _amp_recipe(precision: str | Recipe, device: torch.device) -> Recipe:
+    """The recipe called ``precision``, refused if it casts the parameters (pure 16 bits)."""
+    if isinstance(precision, str) and precision != "auto" and precision not in RECIPES:
         raise ValueError(
-            f"unknown precision {precision!r}: use 'fp32', 'fp16' (autocast float16 + "
-            "GradScaler), 'bf16' (autocast bfloat16, no scaler) or 'auto'"
+            f"unknown precision {precision!r}: use 'fp32', 'amp-fp16' (autocast float16 + "
+            "GradScaler), 'amp-bf16' (autocast bfloat16, no scaler) or 'auto'"
         )
-    return precision
-
-
-def autocast_context(precision: str, device: torch.device | str) -> torch.autocast:
-    """``torch.autocast`` for ``precision`` on ``device`` (disabled for ``"fp32"``).
-
-    Taught in course/07_amp_training.ipynb.
-    """
-    device = torch.device(device)
-    precision = _check_precision(precision, device)
-    dtype = _LOW.get(precision, torch.bfloat16)
-    return torch.autocast(device.type, dtype=dtype, enabled=precision != "fp32")
-
-
-def make_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
-    """A ``torch.amp.GradScaler`` for ``device``, enabled only for ``"fp16"``.
-
-    Taught in course/07_amp_training.ipynb.
-    """
-    device = torch.device(device)
-    precision = _check_precision(precision, device)
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    r = recipe(precision, device)
+    if r.pure:
+        raise ValueError(
+            f"precision={r.name!r} puts the parameters in 16 bits; train() keeps FP32 parameters "
+            "and runs autocast: use 'fp32', 'amp-fp16', 'amp-bf16' or 'auto' (pure 16-bit "
+            "training is chapter 03's mpcourse.purefp16.train(dtype=...))"
+        )
+    return r
 
 
 def backward(loss: torch.Tensor | Sequence[torch.Tensor], scaler: torch.amp.GradScaler) -> None:
@@ -172,22 +156,22 @@ class History:
         return asdict(self)
 
 
-def _check_model(model: nn.Module, precision: str, scaler: torch.amp.GradScaler | None) -> None:
-    if scaler is not None and scaler.is_enabled() and precision != "fp16":
+def _check_model(model: nn.Module, r: Recipe, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None and scaler.is_enabled() and not r.scaler:
         what = (
             "bf16 has float32's range and needs no loss scaling"
-            if precision == "bf16"
+            if r.compute_dtype == torch.bfloat16
             else ("fp32 needs no loss scaling")
         )
         raise ValueError(
-            f"an enabled GradScaler was passed with precision={precision!r}: {what}; "
-            "drop the scaler (or pass GradScaler(enabled=False)), or use precision='fp16'"
+            f"an enabled GradScaler was passed with precision={r.name!r}: {what}; "
+            "drop the scaler (or pass GradScaler(enabled=False)), or use precision='amp-fp16'"
         )
-    if precision == "fp16":
+    if r.scaler:
         half = [n for n, p in model.named_parameters() if p.dtype == torch.float16]
         if half:
             raise ValueError(
-                f"precision='fp16' needs float32 parameters, but {half[0]!r} (and "
+                f"precision={r.name!r} needs float32 parameters, but {half[0]!r} (and "
                 f"{len(half) - 1} more) are float16: GradScaler cannot unscale FP16 gradients. "
                 "Keep the model in float32 (do not call .half()); autocast casts per op."
             )
@@ -207,7 +191,7 @@ def train(
     optimizer: torch.optim.Optimizer,
     *,
     epochs: int = 1,
-    precision: str = "auto",
+    precision: str | Recipe = "auto",
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     scaler: torch.amp.GradScaler | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
@@ -231,7 +215,7 @@ def train(
     Taught in course/07_amp_training.ipynb.
     """
     device = next(model.parameters()).device
-    precision = _check_precision(precision, device)
+    r = _amp_recipe(precision, device)
     if (
         isinstance(accumulation_steps, bool)
         or not isinstance(accumulation_steps, int)
@@ -240,15 +224,15 @@ def train(
         raise ValueError(f"accumulation_steps must be a positive int, got {accumulation_steps!r}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-    _check_model(model, precision, scaler)
-    scaler = scaler if scaler is not None else make_scaler(precision, device)
+    _check_model(model, r, scaler)
+    scaler = scaler if scaler is not None else make_scaler(r, device)
     criterion = criterion or nn.CrossEntropyLoss()
     history = history if history is not None else History()
     start = 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
         start = load_checkpoint(checkpoint, model, optimizer, scaler, scheduler, loader, history)
     sizes = _batches_per_step(len(loader), accumulation_steps)
-    bar = progress(range(start, epochs), desc=f"train {precision}", total=epochs, initial=start)
+    bar = progress(range(start, epochs), desc=f"train {r.name}", total=epochs, initial=start)
     for epoch in bar:
         model.train()
         total_loss = torch.zeros((), device=device)
@@ -257,7 +241,7 @@ def train(
         scales: list[torch.Tensor] = []  # the scale used at each step, kept on the device
         for i, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast_context(precision, device):
+            with autocast(r, device):
                 logits = model(x)
                 loss = criterion(logits, y)
             backward(loss / sizes[i], scaler)
@@ -286,7 +270,7 @@ def train(
         history.loss.append(total_loss.item() / max(seen, 1))
         history.accuracy.append(correct.item() / max(seen, 1))
         if eval_loader is not None:
-            history.eval_accuracy.append(evaluate(model, eval_loader, precision=precision))
+            history.eval_accuracy.append(evaluate(model, eval_loader, precision=r))
         if checkpoint is not None:
             save_checkpoint(
                 checkpoint, model, optimizer, scaler, scheduler, loader, history, epoch + 1
@@ -296,20 +280,21 @@ def train(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: torch.utils.data.DataLoader, *, precision: str = "fp32"
+    model: nn.Module, loader: torch.utils.data.DataLoader, *, precision: str | Recipe = "fp32"
 ) -> float:
     """Accuracy of ``model`` on ``loader`` (argmax of logits == label), under autocast.
 
     Taught in course/07_amp_training.ipynb.
     """
     device = next(model.parameters()).device
+    r = recipe(precision, device)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        with autocast_context(precision, device):
+        with autocast(r, device):
             correct += (model(x).argmax(1) == y).sum()
         seen += len(y)
     model.train(was_training)

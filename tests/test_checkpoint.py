@@ -8,7 +8,8 @@ import torch
 from mpcourse.checkpoint import load_checkpoint, save_checkpoint
 from mpcourse.data import digits, make_loader
 from mpcourse.models import MLP
-from mpcourse.train import History, make_scaler
+from mpcourse.precision import make_scaler
+from mpcourse.train import History
 
 
 def _setup(seed=0):
@@ -57,13 +58,13 @@ def test_round_trip_restores_every_piece_of_state(tmp_path):
 def test_resume_without_scaler_state_is_refused(tmp_path):
     model, opt, _, loader = _setup()
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, model, opt, make_scaler("bf16", "cpu"), None, loader, History(), 1)
+    save_checkpoint(path, model, opt, make_scaler("amp-bf16", "cpu"), None, loader, History(), 1)
     with pytest.raises(ValueError, match="no GradScaler state"):
-        load_checkpoint(path, model, opt, make_scaler("fp16", "cpu"))
-    load_checkpoint(path, model, opt, make_scaler("bf16", "cpu"))  # a disabled scaler is fine
+        load_checkpoint(path, model, opt, make_scaler("amp-fp16", "cpu"))
+    load_checkpoint(path, model, opt, make_scaler("amp-bf16", "cpu"))  # a disabled scaler is fine
     torch.save({"model": model.state_dict()}, path)
     with pytest.raises(ValueError, match="not an mpcourse checkpoint.*save_checkpoint"):
-        load_checkpoint(path, model, opt, make_scaler("fp16", "cpu"))
+        load_checkpoint(path, model, opt, make_scaler("amp-fp16", "cpu"))
 
 
 def test_checkpoint_does_not_import_train():

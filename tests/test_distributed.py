@@ -30,12 +30,12 @@ from mpcourse.distributed.launch import LaunchError, _alive_rank, launch, load_m
 STEPS = 16
 RUNS = [
     "ddp:fp32",
-    "ddp:bf16",
-    "ddp:fp16:outlier=1@2",
+    "ddp:amp-bf16",
+    "ddp:amp-fp16:outlier=1@2",
     "ddp:fp32:hook=bf16",
     "fsdp2:fp32",
-    "fsdp2:bf16:reduce=bf16",
-    "fsdp2:fp16:outlier=1@2",
+    "fsdp2:amp-bf16:reduce=bf16",
+    "fsdp2:amp-fp16:outlier=1@2",
 ]
 HANG = "ddp:fp32:hang=1@1"
 
@@ -90,13 +90,13 @@ def test_ddp_and_fsdp2_fp32_match_one_process_on_the_concatenated_batch(runs) ->
 def test_amp_runs_reach_fp32_accuracy(runs) -> None:
     fp32 = runs.results("ddp:fp32")[0]["test_accuracy"]
     assert fp32 > 0.8
-    for run in ("ddp:bf16", "ddp:fp16:outlier=1@2", "fsdp2:bf16:reduce=bf16"):
+    for run in ("ddp:amp-bf16", "ddp:amp-fp16:outlier=1@2", "fsdp2:amp-bf16:reduce=bf16"):
         accs = {r["test_accuracy"] for r in runs.results(run)}
         assert len(accs) == 1  # every rank evaluates the same model
         assert abs(accs.pop() - fp32) < 0.03, run
 
 
-@pytest.mark.parametrize("run", ["ddp:fp16:outlier=1@2", "fsdp2:fp16:outlier=1@2"])
+@pytest.mark.parametrize("run", ["ddp:amp-fp16:outlier=1@2", "fsdp2:amp-fp16:outlier=1@2"])
 def test_every_rank_takes_the_same_found_inf_decision(runs, run) -> None:
     r0, r1 = (r["log"] for r in runs.results(run))
     assert r1["local_nonfinite"][2] and r1["local_nonfinite"].count(True) == 1
@@ -115,7 +115,7 @@ def test_comm_hook_halves_bytes_and_error_is_bf16_sized(runs) -> None:
 
 
 def test_fsdp2_policy_dtypes_and_reduce_error(runs) -> None:
-    for r in runs.results("fsdp2:bf16:reduce=bf16"):
+    for r in runs.results("fsdp2:amp-bf16:reduce=bf16"):
         assert r["fsdp2"]["sharded_param"] == "DTensor float32"  # the master weights
         assert r["fsdp2"]["compute_param"].endswith("bfloat16")  # param_dtype
         assert r["fsdp2"]["output_dtype"] == "float32"  # output_dtype
@@ -126,7 +126,7 @@ def test_fsdp2_policy_dtypes_and_reduce_error(runs) -> None:
 
 
 def test_torch_grad_scaler_handles_dtensor_grads(runs) -> None:
-    probes = [r["scaler_probe"] for r in runs.results("fsdp2:fp16:outlier=1@2")]
+    probes = [r["scaler_probe"] for r in runs.results("fsdp2:amp-fp16:outlier=1@2")]
     for p in probes:  # inf only in rank 1's shard: DTensor all-reduces found_inf
         assert p["torch.amp.GradScaler"] and p["ShardedGradScaler"]
     assert [p["GradScaler on plain shards"] for p in probes] == [False, True]
@@ -177,8 +177,8 @@ def test_a_launch_that_times_out_is_killed_with_its_ranks(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("runs_", "world", "batch", "match"),
     [
-        (["fsdp2:fp16:scaler=none"], 2, 64, "fp16 needs loss scaling"),
-        (["ddp:bf16:scaler=torch"], 2, 64, "does nothing useful"),
+        (["fsdp2:amp-fp16:scaler=none"], 2, 64, "fp16 needs loss scaling"),
+        (["ddp:amp-bf16:scaler=torch"], 2, 64, "does nothing useful"),
         (["fsdp2:fp32:hook=bf16"], 2, 64, "comm hooks are DDP's"),
         (["ddp:fp32:reduce=bf16"], 2, 64, "reduce= is FSDP2's"),
         (["ddp:fp32"], 3, 64, "cannot be split evenly"),
@@ -219,10 +219,10 @@ def test_backend_is_chosen_in_one_place() -> None:
 
 
 def test_run_names_round_trip() -> None:
-    spec = parse_run("fsdp2:fp16:scaler=sharded,outlier=1@3")
+    spec = parse_run("fsdp2:amp-fp16:scaler=sharded,outlier=1@3")
     assert parse_run(spec.as_arg()) == spec
-    assert spec.name == "fsdp2-fp16-scaler_sharded-outlier_1at3"
-    assert parse_run("ddp:fp16").resolved_scaler == "torch"
+    assert spec.name == "fsdp2-amp-fp16-scaler_sharded-outlier_1at3"
+    assert parse_run("ddp:amp-fp16").resolved_scaler == "torch"
 
 
 def test_local_batches_concatenate_to_the_global_batch() -> None:
@@ -245,7 +245,7 @@ def test_shard_rows_cover_every_row_once() -> None:
 def test_rank_ledger_ddp_is_chapter_04_ledger_and_fsdp2_shards_it() -> None:
     shapes = [(32, 64), (32,), (10, 32), (10,)]
     n = 2410  # an MLP 64 -> 32 -> 10
-    ddp = rank_ledger(shapes, "ddp", "bf16", "adam", world_size=4, rank=1)
+    ddp = rank_ledger(shapes, "ddp", "amp-bf16", "adam", world_size=4, rank=1)
     base = master.ledger("amp", "adam")
     assert ddp["weights fp32"] == base["weights fp32"] * n
     assert ddp["optimizer states fp32"] == 8 * n

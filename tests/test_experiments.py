@@ -47,11 +47,11 @@ def test_same_weights_and_raised():
 
 def test_paired_runs_redo_fp32_exactly_and_pair_the_others():
     eval_loader = make_loader(DATA, 48, shuffle=False)
-    runs = paired_runs(make_run, (0, 1), 2, {0: ("fp32", "bf16")}, eval_loader)
+    runs = paired_runs(make_run, (0, 1), 2, {0: ("fp32", "amp-bf16")}, eval_loader)
     assert set(runs.fp32) == {0, 1} and len(runs.fp32[0].eval_accuracy) == 2
     assert runs.last_epoch["fp32", 0].eval_accuracy[-1] == runs.accuracy("fp32", 0)
     paired = runs.paired(48)
-    assert paired["fp32", 0] == 0 and set(paired) == {("fp32", 0), ("bf16", 0)}
+    assert paired["fp32", 0] == 0 and set(paired) == {("fp32", 0), ("amp-bf16", 0)}
     finals = [runs.accuracy("fp32", s) for s in (0, 1)]
     assert runs.spread() == max(finals) - min(finals)
     assert len(plot_paired_runs(runs)) == 2

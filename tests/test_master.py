@@ -219,7 +219,7 @@ def test_train_master_reuses_the_chapter_03_setup() -> None:
 
     torch.manual_seed(0)
     mlp, data = MLP(64), digits()
-    pure = train(mlp, data, precision="fp16", lr=1e-3, steps=40)
+    pure = train(mlp, data, precision="pure-fp16", lr=1e-3, steps=40)
     master = train_master(mlp, data, lr=1e-3, steps=40, eval_data=digits("test"))
     assert master.loss[0] == pure.loss[0]  # same FP16 model, same first batch, same loss
     assert master.precision == "master" and master.steps == 40
@@ -257,7 +257,7 @@ def test_bf16_master_weights_keep_what_pure_bf16_loses() -> None:
 
     torch.manual_seed(0)
     mlp, data = MLP(64), digits()
-    pure = train(mlp, data, precision="bf16", lr=0.01, steps=30)
+    pure = train(mlp, data, precision="pure-bf16", lr=0.01, steps=30)
     master = train_master(mlp, data, lr=0.01, steps=30, dtype=torch.bfloat16)
     assert pure.lost_share > 0.8 and master.lost_share < 0.02
     assert all(p.dtype == torch.bfloat16 for p in master.model.parameters())

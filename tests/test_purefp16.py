@@ -37,14 +37,14 @@ def test_fp32_learns_and_the_given_model_is_untouched(setup):
 
 def test_same_seed_same_run(setup):
     model, tr, _ = setup
-    a = train(model, tr, precision="fp16", lr=0.01, steps=20)
-    b = train(model, tr, precision="fp16", lr=0.01, steps=20)
+    a = train(model, tr, precision="pure-fp16", lr=0.01, steps=20)
+    b = train(model, tr, precision="pure-fp16", lr=0.01, steps=20)
     assert a.loss == b.loss and a.lost == b.lost
 
 
 def test_fp16_loses_most_updates_at_a_small_lr(setup):
     model, tr, _ = setup
-    h16 = train(model, tr, precision="fp16", lr=1e-3, steps=20)
+    h16 = train(model, tr, precision="pure-fp16", lr=1e-3, steps=20)
     h32 = train(model, tr, precision="fp32", lr=1e-3, steps=20)
     assert next(h16.model.parameters()).dtype == torch.float16
     assert h16.lost_share > 0.7 and h32.lost_share < 0.05
@@ -53,12 +53,14 @@ def test_fp16_loses_most_updates_at_a_small_lr(setup):
 
 def test_adam_in_fp16_goes_nonfinite(setup):
     model, tr, _ = setup
-    h = train(model, tr, precision="fp16", optimizer="adam", lr=1e-3, steps=10)
+    h = train(model, tr, precision="pure-fp16", optimizer="adam", lr=1e-3, steps=10)
     assert h.nonfinite_step is not None and h.steps == h.nonfinite_step + 1
     assert not math.isfinite(h.loss[-1])
-    full = train(model, tr, precision="fp16", optimizer="adam", steps=10, stop_on_nonfinite=False)
+    full = train(
+        model, tr, precision="pure-fp16", optimizer="adam", steps=10, stop_on_nonfinite=False
+    )
     assert full.steps == 10
-    ok = train(model, tr, precision="fp16", optimizer="adam", lr=1e-3, eps=1e-4, steps=10)
+    ok = train(model, tr, precision="pure-fp16", optimizer="adam", lr=1e-3, eps=1e-4, steps=10)
     assert ok.nonfinite_step is None
 
 
@@ -90,12 +92,13 @@ def test_evaluate_and_batches(setup):
 def test_bad_arguments(setup):
     model, tr, _ = setup
     with pytest.raises(
-        ValueError, match=r"precision must be one of \['bf16', 'fp16', 'fp32'\], got 'fp8'"
+        ValueError,
+        match=r"unknown precision recipe 'fp8': use one of \['amp-bf16', 'amp-fp16', 'fp32',",
     ):
         train(model, tr, precision="fp8")
     with pytest.raises(ValueError, match="final_lr must be a number in"):
         train(model, tr, lr=0.1, final_lr=0.2)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="unknown precision recipe 'half'"):
         first_adam_step(model, *next(batches(tr, 8, 0)), precision="half")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         train(model, tr, steps=0)
@@ -117,8 +120,8 @@ def test_cosine_schedule_is_applied_per_step(setup):
 
 def test_pure_bf16_loses_more_updates_than_fp16(setup):
     model, tr, _ = setup
-    bf = train(model, tr, precision="bf16", lr=0.01, steps=20)
-    fp = train(model, tr, precision="fp16", lr=0.01, steps=20)
+    bf = train(model, tr, precision="pure-bf16", lr=0.01, steps=20)
+    fp = train(model, tr, precision="pure-fp16", lr=0.01, steps=20)
     assert next(bf.model.parameters()).dtype == torch.bfloat16
     assert bf.lost_share > fp.lost_share + 0.2
 
@@ -131,7 +134,7 @@ def test_first_adam_step_with_a_large_eps_amplifies_mid_sized_gradients(setup):
     assert g32.shape == dw32.shape == (sum(p.numel() for p in model.parameters()),)
     big = g32.abs() > 1e-6
     assert torch.allclose(dw32[big].abs(), torch.full_like(dw32[big], 1e-3), rtol=1e-2)
-    g16, dw16 = first_adam_step(model, x, y, precision="fp16", lr=1e-3, eps=1e-4)
+    g16, dw16 = first_adam_step(model, x, y, precision="pure-fp16", lr=1e-3, eps=1e-4)
     mid = (g16.abs() > 1e-3) & (g16.abs() < 5e-3)
     assert mid.any()
     ratio = dw16[mid].abs() / 1e-3

@@ -13,11 +13,10 @@ from mpcourse.checks import CheckFailed, NotAnswered
 from mpcourse.data import digits, make_loader
 from mpcourse.device import pick_device
 from mpcourse.models import MLP, SimpleModel
+from mpcourse.precision import autocast, make_scaler
 from mpcourse.train import (
-    autocast_context,
     backward,
     legacy_amp_warnings,
-    make_scaler,
     optimizer_step,
     train,
 )
@@ -50,7 +49,7 @@ def _params(model):
 
 def test_every_mode_learns_digits_and_amp_matches_fp32():
     accs = {}
-    for precision in ("fp32", "fp16", "bf16"):
+    for precision in ("fp32", "amp-fp16", "amp-bf16"):
         model, opt, loader = _setup()
         hist = train(
             model, loader, opt, epochs=3, precision=precision,
@@ -59,11 +58,11 @@ def test_every_mode_learns_digits_and_amp_matches_fp32():
         assert hist.steps == 3 * len(loader) == len(hist.lr) == len(hist.scale)
         assert hist.loss[-1] < hist.loss[0]
         assert hist.eval_accuracy[-1] > 0.9
-        if precision != "fp16":
+        if precision != "amp-fp16":
             assert hist.scale == [1.0] * hist.steps and hist.skipped == []
         accs[precision] = hist.eval_accuracy[-1]
-    assert abs(accs["fp16"] - accs["fp32"]) <= 0.02
-    assert abs(accs["bf16"] - accs["fp32"]) <= 0.02
+    assert abs(accs["amp-fp16"] - accs["fp32"]) <= 0.02
+    assert abs(accs["amp-bf16"] - accs["fp32"]) <= 0.02
 
 
 def test_skipped_steps_are_recorded_and_scheduler_does_not_advance():
@@ -73,7 +72,9 @@ def test_skipped_steps_are_recorded_and_scheduler_does_not_advance():
     before = _params(model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()" would fail
-        hist = train(model, loader, opt, epochs=2, precision="fp16", scaler=scaler, scheduler=sched)
+        hist = train(
+            model, loader, opt, epochs=2, precision="amp-fp16", scaler=scaler, scheduler=sched
+        )
     # 2**20 overflows FP16 gradients until it has backed off; growth every 3 steps skips again
     assert hist.skipped[:2] == [0, 1] and len(hist.skipped) >= 4
     # a step is skipped exactly when the scale drops afterwards
@@ -92,19 +93,19 @@ def test_skipped_step_leaves_parameters_untouched():
     model, opt, loader = _setup(n=32)
     scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**40)
     before = _params(model)
-    hist = train(model, loader, opt, epochs=1, precision="fp16", scaler=scaler)
+    hist = train(model, loader, opt, epochs=1, precision="amp-fp16", scaler=scaler)
     assert hist.skipped == [0]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert scaler.get_scale() == 2.0**39
 
 
-@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("precision", ["amp-fp16", "amp-bf16", "fp32"])
 def test_resume_is_bit_identical(tmp_path, precision):
     def run(epochs, ckpt=None, resume=False):
         model, opt, loader = _setup(n=256)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
         scaler = make_scaler(precision, DEVICE)
-        if precision == "fp16":
+        if precision == "amp-fp16":
             scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**30, growth_interval=4)
         hist = train(
             model, loader, opt, epochs=epochs, precision=precision, scheduler=sched,
@@ -121,7 +122,7 @@ def test_resume_is_bit_identical(tmp_path, precision):
     assert all(torch.equal(a, b) for a, b in zip(full.parameters(), resumed.parameters()))
     assert hist_full == hist_res
     assert scaler_full.state_dict() == scaler_res.state_dict()
-    if precision == "fp16":
+    if precision == "amp-fp16":
         assert hist_full.skipped  # the scaler state really mattered
 
 
@@ -144,7 +145,7 @@ def test_gradient_accumulation_equals_big_batch():
 
 def test_accumulation_counts_short_last_group():
     model, opt, loader = _setup(n=32 * 5)
-    hist = train(model, loader, opt, epochs=1, precision="fp16", accumulation_steps=2)
+    hist = train(model, loader, opt, epochs=1, precision="amp-fp16", accumulation_steps=2)
     assert hist.steps == 3  # groups of 2, 2 and 1 batches
 
 
@@ -153,7 +154,7 @@ def test_clipping_bounds_the_unscaled_gradient_norm():
     scaler = torch.amp.GradScaler(DEVICE.type, init_scale=2.0**10)
     x = torch.randn(32, 64, device=DEVICE)
     y = torch.randint(0, 10, (32,), device=DEVICE)
-    with autocast_context("fp16", DEVICE):
+    with autocast("amp-fp16", DEVICE):
         loss = nn.functional.cross_entropy(model(x), y)
     backward(loss, scaler)
     norms = []
@@ -179,7 +180,7 @@ def test_several_models_optimizers_losses_one_scaler():
     x, y = torch.randn(16, 64, device=DEVICE), torch.randint(0, 10, (16,), device=DEVICE)
     skipped = []
     for _ in range(20):
-        with autocast_context("fp16", DEVICE):
+        with autocast("amp-fp16", DEVICE):
             a, b = m0(x), m1(x)
             loss0 = nn.functional.cross_entropy(2 * a + 3 * b, y)
             loss1 = nn.functional.cross_entropy(3 * a - 5 * b, y)
@@ -194,17 +195,17 @@ def test_train_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         train(model, loader, opt, precision="fp8")
     with pytest.raises(ValueError, match="bf16 has float32's range"):
-        train(model, loader, opt, precision="bf16", scaler=torch.amp.GradScaler(DEVICE.type))
+        train(model, loader, opt, precision="amp-bf16", scaler=torch.amp.GradScaler(DEVICE.type))
     with pytest.raises(ValueError, match="fp32 needs no loss scaling"):
         train(model, loader, opt, precision="fp32", scaler=torch.amp.GradScaler(DEVICE.type))
     with pytest.raises(ValueError, match="do not call .half"):
-        train(model.half(), loader, opt, precision="fp16")
+        train(model.half(), loader, opt, precision="amp-fp16")
     with pytest.raises(ValueError, match="accumulation_steps"):
         train(model.float(), loader, opt, accumulation_steps=0)
     with pytest.raises(ValueError, match="epochs"):
         train(model, loader, opt, epochs=-1)
     # a disabled scaler is fine with bf16
-    train(model, loader, opt, precision="bf16", scaler=torch.amp.GradScaler(enabled=False))
+    train(model, loader, opt, precision="amp-bf16", scaler=torch.amp.GradScaler(enabled=False))
 
 
 def test_simple_model_trains_with_amp():
@@ -372,8 +373,8 @@ def _plain_fit(
     short_last_group=True,
     scaler_always=False,
 ):
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    scaler = torch.amp.GradScaler("cpu", enabled=scaler_always or precision == "fp16")
+    dtype = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaler_always or precision == "amp-fp16")
     scales, n = [], len(batches)
     for i, (x, y) in enumerate(batches):
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
@@ -397,7 +398,7 @@ def _plain_fit(
 
 def test_plain_loop_check():
     assert checks.check_plain_amp_loop(_plain_fit)
-    with pytest.raises(CheckFailed, match="disabled for bf16"):
+    with pytest.raises(CheckFailed, match="disabled for amp-bf16"):
         checks.check_plain_amp_loop(lambda *a, **k: _plain_fit(*a, **k, scaler_always=True))
     with pytest.raises(CheckFailed, match="may be short"):
         checks.check_plain_amp_loop(lambda *a, **k: _plain_fit(*a, **k, short_last_group=False))

@@ -264,14 +264,14 @@ def check_amp_bug_hunt(amp_steps: Callable) -> bool:
 # -- exercise 3: the plain loop, written by the student -----------------------------------------
 def _plain_case(seed: int) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(2000 + seed)
-    precision = ("fp16", "bf16", "fp32", "fp16")[seed % 4]
+    precision = ("amp-fp16", "amp-bf16", "fp32", "amp-fp16")[seed % 4]
     accumulation = int(torch.randint(1, 4, (1,), generator=gen))
     n_batches = int(torch.randint(5, 9, (1,), generator=gen))  # the last group may be short
     batches = [
         (torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
         for _ in range(n_batches)
     ]
-    if seed % 2 == 0 and precision == "fp16":
+    if seed % 2 == 0 and precision == "amp-fp16":
         batches[1][0][0, 0] = 1e6  # an overflow: a skipped step the scheduler must not follow
     clip = None if seed == 1 else float(torch.empty(1).uniform_(0.05, 0.5, generator=gen))
     return {
@@ -348,10 +348,10 @@ def check_plain_amp_loop(plain_fit: Callable) -> bool:
                     f"with {where}: return the scale used at each optimizer step ({hist.steps} "
                     f"steps), got {scales!r}."
                 )
-            if case["precision"] != "fp16" and any(s != 1.0 for s in scales):
+            if case["precision"] != "amp-fp16" and any(s != 1.0 for s in scales):
                 fail(
                     f"with {where}: the scaler must be disabled for {case['precision']} "
-                    "(GradScaler(..., enabled=precision == 'fp16'))."
+                    "(GradScaler(..., enabled=precision == 'amp-fp16'))."
                 )
             if scales != hist.scale:
                 fail(

@@ -6,7 +6,7 @@ process starts; the memory ledger per rank; the single-process reference),
 ``torchrun`` from Python and reading what the ranks wrote). The ``torchrun``
 entry point is ``__main__.py``::
 
-    torchrun --standalone --nproc-per-node 2 -m mpcourse.distributed --train ddp:fp16 --out runs/a
+    torchrun --standalone --nproc-per-node 2 -m mpcourse.distributed --train ddp:amp-fp16 --out out
 
 This package re-exports the public names of :mod:`.runs`.
 

@@ -2,9 +2,9 @@
 
 One entry point, the same on one machine and on many::
 
-    torchrun --standalone --nproc-per-node 2 -m mpcourse.distributed --train ddp:fp16 --out runs/a
+    torchrun --standalone --nproc-per-node 2 -m mpcourse.distributed --train ddp:amp-fp16 --out out
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
-        --rdzv-id job1 -m mpcourse.distributed --train fsdp2:bf16 --out runs/b
+        --rdzv-id job1 -m mpcourse.distributed --train fsdp2:amp-bf16 --out runs/b
 
 A *run* is ``STRATEGY:PRECISION[:key=value,...]`` (:func:`parse_run`):
 
@@ -12,8 +12,10 @@ A *run* is ``STRATEGY:PRECISION[:key=value,...]`` (:func:`parse_run`):
   before the optimizer sees them) or ``fsdp2`` (``torch.distributed.fsdp.fully_shard``:
   each rank holds ``1/N`` of every parameter, gathers full compute copies per layer,
   and *reduce-scatters* gradients so each rank gets the average of its shard);
-* ``fp32``, ``fp16`` (loss scaling) or ``bf16``: autocast under DDP, a
-  ``MixedPrecisionPolicy(param_dtype, reduce_dtype, output_dtype)`` under FSDP2;
+* a recipe of :mod:`mpcourse.precision` with FP32 parameters: ``fp32``, ``amp-fp16``
+  (loss scaling) or ``amp-bf16``; autocast under DDP, a
+  ``MixedPrecisionPolicy(param_dtype, reduce_dtype, output_dtype)`` under FSDP2 (FP32
+  shards, 16-bit compute copies: the same split of parameter and compute dtype);
 * options ``hook=none|fp16|bf16`` (DDP gradient compression), ``reduce=fp32|bf16``
   (FSDP2 reduce dtype), ``scaler=auto|torch|sharded|none``, ``outlier=RANK@STEP``
   (that rank's batch is multiplied by 1000 at that step, so its FP16 gradients overflow),
@@ -44,7 +46,8 @@ from .. import master
 from ..data import digits
 from ..device import pick_device
 from ..models import MLP
-from ..train import PRECISIONS, autocast_context, backward, make_scaler, optimizer_step
+from ..precision import RECIPES, autocast, make_scaler, recipe
+from ..train import backward, optimizer_step
 
 __all__ = [
     "STRATEGIES",
@@ -63,6 +66,8 @@ __all__ = [
 ]
 
 STRATEGIES = ("ddp", "fsdp2")
+# The recipes whose parameters stay FP32 (DDP and FSDP2 keep FP32 weights; pure-* do not apply)
+PRECISIONS = tuple(name for name, r in RECIPES.items() if not r.pure)
 COMM_HOOKS = ("none", "fp16", "bf16")
 REDUCE_DTYPES = ("fp32", "bf16")
 SCALERS = ("auto", "torch", "sharded", "none")
@@ -102,9 +107,9 @@ class RunSpec:
 
     @property
     def resolved_scaler(self) -> str:
-        """``"torch"`` for fp16 unless asked otherwise, ``"none"`` for fp32/bf16."""
+        """``"torch"`` for amp-fp16 unless asked otherwise, ``"none"`` for fp32/amp-bf16."""
         if self.scaler == "auto":
-            return "torch" if self.precision == "fp16" else "none"
+            return "torch" if recipe(self.precision).scaler else "none"
         return self.scaler
 
     def as_arg(self) -> str:
@@ -118,17 +123,19 @@ class RunSpec:
 
 
 def parse_run(text: str | RunSpec) -> RunSpec:
-    """``"fsdp2:bf16:reduce=bf16"`` -> ``RunSpec("fsdp2", "bf16", reduce="bf16")``.
+    """``"fsdp2:amp-bf16:reduce=bf16"`` -> ``RunSpec("fsdp2", "amp-bf16", reduce="bf16")``.
 
     Taught in course/13_distributed.ipynb.
     """
     if isinstance(text, RunSpec):
         return text
     if not isinstance(text, str):
-        raise TypeError(f"a run is a string like 'ddp:fp16', got {type(text).__name__}")
+        raise TypeError(f"a run is a string like 'ddp:amp-fp16', got {type(text).__name__}")
     parts = text.split(":")
     if len(parts) not in (2, 3):
-        raise ValueError(f"run {text!r}: use STRATEGY:PRECISION[:key=value,...], e.g. 'ddp:fp16'")
+        raise ValueError(
+            f"run {text!r}: use STRATEGY:PRECISION[:key=value,...], e.g. 'ddp:amp-fp16'"
+        )
     strategy, precision = parts[0], parts[1]
     if strategy not in STRATEGIES:
         raise ValueError(f"run {text!r}: strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -162,8 +169,8 @@ def validate(
 ) -> list[RunSpec]:
     """Parse ``runs`` and refuse what cannot work, before any process starts.
 
-    Refused: FP16 without a loss scaler (its gradients underflow), a scaler with
-    FP32/BF16 (no scaling needed: BF16 has FP32's range), ``hook=`` with FSDP2
+    Refused: ``amp-fp16`` without a loss scaler (its gradients underflow), a scaler with
+    ``fp32``/``amp-bf16`` (no scaling needed: BF16 has FP32's range), ``hook=`` with FSDP2
     (DDP-only) and ``reduce=`` with DDP (FSDP2-only), a global batch that the
     ranks cannot split evenly (``batch_size % world_size != 0``), an outlier on
     a rank or step that does not exist.
@@ -179,15 +186,19 @@ def validate(
             f"use a multiple of {world_size} (each rank takes batch_size / world_size rows)"
         )
     if not runs or isinstance(runs, (str, RunSpec)):
-        raise ValueError(f"runs must be a non-empty list of runs like ['ddp:fp16'], got {runs!r}")
+        raise ValueError(
+            f"runs must be a non-empty list of runs like ['ddp:amp-fp16'], got {runs!r}"
+        )
     specs = [parse_run(r) for r in runs]
     for s in specs:
-        if s.precision == "fp16" and s.resolved_scaler == "none":
+        needs_scaler = recipe(s.precision).scaler
+        if needs_scaler and s.resolved_scaler == "none":
             raise ValueError(
-                f"run {s.name}: fp16 needs loss scaling (its gradients underflow below 2^-24); "
+                f"run {s.name}: {s.precision} needs loss scaling (its gradients underflow "
+                "below 2^-24); "
                 "use scaler=torch (torch.amp.GradScaler) or scaler=sharded (ShardedGradScaler)"
             )
-        if s.precision != "fp16" and s.resolved_scaler != "none":
+        if not needs_scaler and s.resolved_scaler != "none":
             raise ValueError(
                 f"run {s.name}: a loss scaler with {s.precision} does nothing useful "
                 "(fp32 and bf16 have float32's exponent range); drop scaler="
@@ -282,12 +293,13 @@ def rank_ledger(
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    low = precision.removeprefix("amp-")  # the compute dtype's short name: fp16, bf16
     base = master.ledger("fp32" if precision == "fp32" else "amp", optimizer)
     n = sum(_numel(s) for s in shapes)
     if strategy == "ddp":
         out = {k: v * n for k, v in base.items() if k != "autocast weight copies fp16"}
         if precision != "fp32":
-            out[f"autocast weight copies {precision} (transient)"] = 2 * n
+            out[f"autocast weight copies {low} (transient)"] = 2 * n
         return out
     stored = real = 0
     for shape in shapes:
@@ -300,7 +312,7 @@ def rank_ledger(
         "optimizer states fp32": base["optimizer states fp32"] * real,
     }
     if precision != "fp32":
-        out[f"gathered compute copies {precision} (transient)"] = 2 * n
+        out[f"gathered compute copies {low} (transient)"] = 2 * n
     return out
 
 
@@ -370,11 +382,11 @@ def train_single(
     losses = []
     for step in range(steps):
         x, y = global_batch(data, step, batch_size, seed)
-        with autocast_context(precision, "cpu"):
+        with autocast(precision, "cpu"):
             loss = F.cross_entropy(model(x), y)
         backward(loss, scaler)
         optimizer_step(opt, scaler)
         losses.append(loss.item())
-    with torch.no_grad(), autocast_context(precision, "cpu"):
+    with torch.no_grad(), autocast(precision, "cpu"):
         acc = (model(test.tensors[0]).argmax(1) == test.tensors[1]).float().mean().item()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses, acc

@@ -45,8 +45,9 @@ from torch.utils.data import TensorDataset
 
 from ..data import digits
 from ..master import tensor_bytes
+from ..precision import autocast, recipe
 from ..scaling import found_inf
-from ..train import autocast_context, backward, optimizer_step
+from ..train import backward, optimizer_step
 from .runs import (
     DATA_FILE,
     LR,
@@ -61,7 +62,6 @@ from .runs import (
 
 __all__ = ["run_all", "run_one", "count_collectives"]
 
-_LOW = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 _HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 OUTLIER = 1000.0
 
@@ -148,7 +148,8 @@ def _wrap(model: nn.Module, spec: RunSpec, device: torch.device, flags: list[boo
         inner = _HOOKS[spec.hook] if spec.hook != "none" else default_hooks.allreduce_hook
         ddp.register_comm_hook(None, _recording_hook(inner, flags))
         return ddp
-    low = _LOW[spec.precision]
+    r = recipe(spec.precision)
+    low = r.compute_dtype if r.autocast else None  # FSDP2's param_dtype: its compute copies
     policy = MixedPrecisionPolicy(
         param_dtype=low,
         reduce_dtype=torch.float32 if spec.reduce == "fp32" else torch.bfloat16,
@@ -162,7 +163,7 @@ def _wrap(model: nn.Module, spec: RunSpec, device: torch.device, flags: list[boo
 
 def _forward_loss(net: nn.Module, spec: RunSpec, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
     precision = spec.precision if spec.strategy == "ddp" else "fp32"  # FSDP2: the policy casts
-    with autocast_context(precision, x.device):
+    with autocast(precision, x.device):
         logits = net(x)
         return logits, F.cross_entropy(logits, y)
 
@@ -293,7 +294,7 @@ def run_one(
         seen.update(sharded_param=f"{type(p0).__name__} {str(p0.dtype)[6:]}")
         seen.update(local_shape=list(_local(p0).shape), output_dtype=str(logits.dtype)[6:])
         rec["fsdp2"] = seen
-        if spec.precision == "fp16":
+        if recipe(spec.precision).scaler:
             rec["scaler_probe"] = scaler_probe(net, device)
     tx, ty = test.tensors
     with torch.no_grad():
