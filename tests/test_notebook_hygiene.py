@@ -192,3 +192,25 @@ def test_notebooks_are_thin():
     if len(over15) > 0.15 * total:
         problems.append(f"{len(over15)} of {total} code cells over 15 lines (at most 15%)")
     assert not problems, "\n".join(problems)
+
+
+def stated_minutes(path: Path) -> int | None:
+    md = "\n".join(source(c) for c in load(path)["cells"] if c["cell_type"] == "markdown")
+    m = re.search(r"\*\*Estimated time:\*\*\s*(?:about\s+)?(\d+)\s*min", md)
+    return int(m.group(1)) if m else None
+
+
+def test_chapter_00_lists_every_chapter_with_its_time():
+    """Issue 25, point 3: chapter 00's learning path names every chapter, with the time the
+    chapter itself states (so the two cannot drift apart)."""
+    setup = next(p for p in NOTEBOOKS if p.name.startswith("00_"))
+    md = "\n".join(source(c) for c in load(setup)["cells"] if c["cell_type"] == "markdown")
+    listed = {
+        n: int(t) for n, t in re.findall(r"^\|[^|\n]*\|\s*(\d\d) [^|\n]*\|\s*(\d+) min", md, re.M)
+    }
+    stated = {p.name[:2]: stated_minutes(p) for p in NOTEBOOKS}
+    assert set(listed) == set(stated), (
+        f"chapter 00 lists {sorted(listed)}, course has {sorted(stated)}"
+    )
+    wrong = {n: (listed[n], stated[n]) for n in stated if listed[n] != stated[n]}
+    assert not wrong, f"chapter 00's time vs the chapter's own (minutes): {wrong}"

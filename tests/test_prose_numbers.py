@@ -27,6 +27,7 @@ ALLOWED = {
     "2.98": "2^-25 = 2.98e-8, half of FP16's smallest subnormal (a format constant)",
     "0.3125": "5/16, a value of chapter 01's toy format (exact by construction)",
     "0.9999": "the largest Adam beta2 an exercise check tries (an input, not a result)",
+    "0.999": "Adam's default beta2 and a usual EMA decay (a hyperparameter, an input)",
     "127.5": "torchao's symmetric INT8 scale divisor, amax / 127.5 (quant_primitives.py)",
     "99.9%": "LLM.int8()'s share of INT8 columns, quoted from Dettmers et al. 2022",
     "3.35": "H100 SXM memory bandwidth, 3.35 TB/s, from NVIDIA's data sheet (cited)",
