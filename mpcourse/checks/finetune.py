@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..finetune import swallowed
 from ..nf4 import nf4_encode, nf4_levels
+from ..small_updates import swallowed
 from ._core import _short, call_answer, expect_equal, fail, passed, require_answer, uses_names
 
 
