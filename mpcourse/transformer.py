@@ -52,6 +52,7 @@ __all__ = [
     "GPT",
     "TrainResult",
     "activation_ledger",
+    "ledger_formula",
     "causal_attention",
     "chunked_cross_entropy",
     "compare_recipes",
@@ -406,3 +407,36 @@ def activation_ledger(
         "total": one["bytes"],
         "by_dtype": one["by_dtype"],
     }
+
+
+def ledger_formula(config: GPTConfig, recipe: str = "fp32", batch_size: int = 4) -> float:
+    """Bytes saved for backward per token and per layer, counted by hand for this block.
+
+    With $a$ the bytes of a residual-stream value (4 for FP32 parameters, 2 for pure
+    16-bit ones) and $m$ the bytes of a matmul-side value (4 in FP32, 2 under autocast or
+    pure 16-bit), a block keeps per token
+
+    $$a(2C + 4) + m(14C + HT) + \\frac{T}{B} + [\\text{autocast}]\\,\\frac{2 \\cdot 12C^2}{BT}$$
+
+    * $a(2C + 4)$: the two LayerNorms' inputs and their mean and 1/std;
+    * $m(14C + HT)$: the QKV Linear's input, Q, K, V, the softmax output ($H$ rows of
+      $T$ weights), the output projection's input, the MLP's input, the GELU's input
+      ($4C$) and the second Linear's input ($4C$);
+    * $T/B$: the causal mask, a $T \\times T$ boolean shared by the batch;
+    * under autocast, the 16-bit copies of the block's $12C^2$ weights, spread over the
+      $BT$ tokens.
+
+    With ``config.checkpoint`` a block keeps only its input: $aC$. Equals
+    :func:`activation_ledger` (CPU autocast; tested). On CUDA, autocast runs the softmax
+    in FP32, so there its $HT$ term costs 4 bytes, not $m$.
+
+    Taught in course/15_transformers.ipynb.
+    """
+    r = precision.recipe(recipe)
+    C, H, T, B = config.n_embd, config.n_head, config.block_size, batch_size
+    a = r.param_dtype.itemsize
+    if config.checkpoint:
+        return float(a * C)
+    m = r.compute_dtype.itemsize
+    weights = 2 * 12 * C * C / (B * T) if r.autocast else 0.0
+    return a * (2 * C + 4) + m * (14 * C + H * T) + T / B + weights

@@ -20,6 +20,7 @@ from mpcourse.transformer import (
     compare_recipes,
     evaluate,
     format_runs,
+    ledger_formula,
     train_gpt,
 )
 
@@ -336,3 +337,13 @@ def test_exercise_checks_say_not_answered_for_stubs(check):
     for answer in (None, stub):
         with pytest.raises(checks.NotAnswered):
             check(answer)
+
+
+@pytest.mark.parametrize("shape", [(32, 2, 32, 4), (16, 4, 8, 2), (48, 3, 16, 3)])
+@pytest.mark.parametrize("recipe", ["fp32", "amp-bf16", "amp-fp16", "pure-bf16"])
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_ledger_formula_counts_exactly_what_autograd_saves(shape, recipe, ckpt):
+    C, H, T, B = shape
+    cfg = GPTConfig(block_size=T, n_embd=C, n_head=H, n_layer=1, checkpoint=ckpt)
+    measured = activation_ledger(cfg, recipe, batch_size=B)["per_token_per_layer"]
+    assert measured == pytest.approx(ledger_formula(cfg, recipe, batch_size=B), rel=1e-12)
