@@ -82,10 +82,9 @@ def check_sensitive_layer(answer: object, model: nn.Module, images: torch.Tensor
     worst = max(errors, key=errors.get)
     if answer != worst:
         fail(
-            f"you predicted {answer!r}, but {worst!r} moves the logits most when it alone is "
-            f"INT8 (relative logit error: {table}). A layer's weight error is not the whole "
-            "story: what comes after it (ReLU, pooling, other layers) decides how much reaches "
-            "the output."
+            f"{answer!r} alone in INT8 moves the logits by {errors[answer]:.2%}, but another "
+            "layer moves them more. A layer's weight error is not the whole story: what comes "
+            "after it (ReLU, pooling, other layers) decides how much reaches the output."
         )
     return passed(f"{worst!r} moves the logits most ({table}).")
 
