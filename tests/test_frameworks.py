@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -90,19 +91,30 @@ def test_transformers_against_the_trained_model():
 
 @needs["lightning"]
 def test_lightning_against_the_precision_plugin():
-    from lightning.fabric.plugins.precision import HalfPrecision, MixedPrecision
+    import lightning as L
+    from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
 
-    r16 = probe("lightning", "16-true")
-    assert r16["plugin"] == HalfPrecision.__name__
-    assert r16["param_dtype"] == r16["compute_dtype"] == r16["loss_dtype"] == torch.float16
-    assert r16["master_weights"] is False
-    mixed = probe("lightning", "16-mixed")
-    assert mixed["plugin"] == MixedPrecision.__name__ and mixed["param_dtype"] == torch.float32
-    if pick_device().type == "cpu":  # swapped for bf16-mixed, one warning
+    r16, mixed = probe("lightning", "16-true"), probe("lightning", "16-mixed")
+    device = pick_device()
+    kw = {"accelerator": device.type, "devices": 1, "logger": False}
+    with (
+        tempfile.TemporaryDirectory() as d,
+        pytest.warns(UserWarning, match="bf16-mixed") if device.type == "cpu" else nullcontext(),
+    ):
+        half = L.Trainer(precision="16-true", default_root_dir=d, **kw).precision_plugin
+        amp = L.Trainer(precision="16-mixed", default_root_dir=d, **kw).precision_plugin
+    assert isinstance(half, HalfPrecision) and r16["plugin"] == "HalfPrecision"
+    converted = half.convert_module(_harness.tiny_net())
+    assert {p.dtype for p in converted.parameters()} == {r16["param_dtype"]} == {torch.float16}
+    assert r16["compute_dtype"] == r16["loss_dtype"] == torch.float16
+    assert r16["master_weights"] is False and r16["autocast"] is None
+    assert isinstance(amp, MixedPrecision) and mixed["param_dtype"] == torch.float32
+    if device.type == "cpu":  # swapped for bf16-mixed, with one warning, and no scaler
+        assert amp.precision == "bf16-mixed" and amp.scaler is None
         assert mixed["compute_dtype"] == torch.bfloat16 and mixed["loss_scaler"] is None
         assert any("Using `precision='bf16-mixed'` instead" in m for m in mixed["messages"])
     else:
-        assert mixed["loss_scaler"] == "GradScaler"
+        assert amp.scaler is not None and mixed["loss_scaler"] == type(amp.scaler).__name__
 
 
 @needs["lightning"]
@@ -119,9 +131,18 @@ def test_predicted_row_check_names_the_wrong_field():
 
 @needs["peft"]
 def test_peft_adapters_are_fp32_on_a_16_bit_base():
+    from peft import LoraConfig, get_peft_model
+
+    from mpcourse.frameworks._hf import tiny_gpt2
+
     r = probe("peft", "fp16-base")
-    assert r["base_dtype"] == torch.float16 and r["param_dtype"] == torch.float32
-    assert r["compute_dtype"] == torch.float32 and r["output_dtype"] == torch.float16
+    config = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)
+    model = get_peft_model(tiny_gpt2(torch.float16), config)  # PEFT's defaults, by hand
+    dtypes = {n.split(".")[-3]: p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert dtypes == {"lora_A": torch.float32, "lora_B": torch.float32}
+    assert model.get_base_model().lm_head.weight.dtype == torch.float16 == r["base_dtype"]
+    assert r["param_dtype"] == torch.float32 == r["compute_dtype"]
+    assert r["output_dtype"] == torch.float16  # PEFT casts the adapter's sum back
     assert probe("peft", "fp16-base-no-upcast")["param_dtype"] == torch.float16
 
 
