@@ -5,8 +5,9 @@
   ``bf16``.
 * :func:`train_step`: one SGD step (forward, backward, update) of the seed's
   ``SimpleModel`` or of the matmul-heavy :class:`mpcourse.costs.WideMLP`, in
-  ``fp32`` (TF32 off), ``amp_fp16`` (autocast + GradScaler) or ``amp_bf16``
-  (autocast): median time, bytes of activations saved for backward (any
+  one of the :mod:`mpcourse.precision` recipes ``fp32`` (TF32 off),
+  ``amp-fp16`` (autocast + GradScaler) or ``amp-bf16`` (autocast): median time,
+  bytes of activations saved for backward (any
   device, :func:`mpcourse.costs.saved_activation_bytes`), parameter +
   gradient bytes, and the peak of allocated memory (CUDA only).
 * ``python -m mpcourse bench``: both, printed as tables (each naming the
@@ -43,6 +44,7 @@ from torch import nn
 from .costs import MODELS, LiveTensorBytes, WideMLP, saved_activation_bytes
 from .device import cpu_features, cpu_name, pick_device, synchronize
 from .models import SimpleModel
+from .precision import autocast, make_scaler
 from .timing import autorange
 
 __all__ = [
@@ -62,7 +64,8 @@ __all__ = [
 ]
 
 MATMUL_MODES = ("fp32", "tf32", "fp16", "bf16")
-STEP_MODES = ("fp32", "amp_fp16", "amp_bf16")
+STEP_MODES = ("fp32", "amp-fp16", "amp-bf16")  # recipes of mpcourse.precision
+# matmul modes are dtypes (and TF32, a math mode of FP32 matmuls), not training recipes
 _DTYPE = {
     "fp32": torch.float32,
     "tf32": torch.float32,
@@ -184,8 +187,8 @@ def train_step(
 ) -> StepResult:
     """Time one SGD step of ``"simple"`` (SimpleModel) or ``"mlp"`` (WideMLP) in ``mode``.
 
-    ``fp32`` runs with TF32 off; ``amp_fp16`` is autocast(float16) with a
-    GradScaler; ``amp_bf16`` is autocast(bfloat16) without one. After the
+    ``fp32`` runs with TF32 off; ``amp-fp16`` is autocast(float16) with a
+    GradScaler; ``amp-bf16`` is autocast(bfloat16) without one. After the
     timed runs, one more step each counts the bytes saved for backward, the
     CUDA allocator's peak (CUDA only) and the peak of live tensor bytes.
 
@@ -197,12 +200,11 @@ def train_step(
     torch.manual_seed(0)
     model, x, y = _model_and_batch(model_name, batch, dim, depth, device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    dtype = {"amp_fp16": torch.float16, "amp_bf16": torch.bfloat16}.get(mode)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = make_scaler(mode, device)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with autocast(mode, device):
             loss = F.cross_entropy(model(x), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -354,7 +356,7 @@ def evaluate_goals(
         raise ValueError("evaluate_goals needs a CUDA result with an 'mlp' fp32 step")
     fp32 = steps["fp32"]
     amp = min(
-        (steps[k] for k in ("amp_fp16", "amp_bf16") if k in steps), key=lambda r: r["seconds"]
+        (steps[k] for k in ("amp-fp16", "amp-bf16") if k in steps), key=lambda r: r["seconds"]
     )
     speedup = fp32["seconds"] / amp["seconds"]
     mem = amp["peak_memory_bytes"] / fp32["peak_memory_bytes"]

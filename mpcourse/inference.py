@@ -588,7 +588,7 @@ def bench_reference(path: str | os.PathLike | None = None) -> str:
         if (model, "fp32") in steps:
             ratios = [
                 f"{d} {steps[model, d] / steps[model, 'fp32']:.2f}x"
-                for d in ("amp_bf16", "amp_fp16")
+                for d in ("amp-bf16", "amp-fp16")
                 if (model, d) in steps
             ]
             lines.append(f"training step, {model}: time vs FP32: {', '.join(ratios)}")

@@ -152,10 +152,10 @@ def test_train_step_measures_time_and_activation_memory(model, batch, limit):
     }
     for r in results.values():
         assert r.seconds > 0 and r.peak_memory_bytes is None and r.param_grad_bytes > 0
-    ratio = results["amp_bf16"].saved_activation_bytes / results["fp32"].saved_activation_bytes
+    ratio = results["amp-bf16"].saved_activation_bytes / results["fp32"].saved_activation_bytes
     # 16-bit activations take half the bytes (pooling indices do not shrink)
     assert 0.5 <= ratio < limit
-    fp16, bf16 = results["amp_fp16"], results["amp_bf16"]
+    fp16, bf16 = results["amp-fp16"], results["amp-bf16"]
     assert abs(fp16.saved_activation_bytes - bf16.saved_activation_bytes) <= 8  # + the scale
     fp32 = results["fp32"]
     assert fp32.peak_tensor_bytes >= fp32.param_grad_bytes + fp32.saved_activation_bytes
@@ -169,7 +169,7 @@ def test_run_benchmark_tables_and_json(tmp_path):
     assert fp16["tflops"] is None and "skipped" in fp16["note"]
     assert len(result["train_step"]) == len(STEP_MODES)
     table = format_tables(result)
-    assert "TFLOP/s" in table and "amp_bf16" in table and "1.00x" in table
+    assert "TFLOP/s" in table and "amp-bf16" in table and "1.00x" in table
     measured = [r for r in result["matmul"] + result["train_step"] if r["seconds"]]
     for r in measured:  # the timer's quartiles bracket its median
         q1, q3 = r["quartiles_seconds"]
@@ -224,8 +224,8 @@ def _fake_gpu_result(fp32_s, amp_s, fp32_mem, amp_mem, bf16_tflops):
     return {
         "train_step": [
             step("fp32", fp32_s, fp32_mem),
-            step("amp_fp16", amp_s, amp_mem),
-            step("amp_bf16", amp_s * 1.1, amp_mem),
+            step("amp-fp16", amp_s, amp_mem),
+            step("amp-bf16", amp_s * 1.1, amp_mem),
         ],
         "matmul": [
             {"mode": "bf16", "n": 4096, "tflops": 1.0},
