@@ -66,7 +66,10 @@ PIP = {name: f"pip install {name}" for name in SETTINGS}
 
 
 def installed(framework: str) -> bool:
-    """Whether ``framework``'s package can be imported here."""
+    """Whether ``framework``'s package can be imported here.
+
+    Taught in course/17_frameworks.ipynb.
+    """
     _check_framework(framework)
     return importlib.util.find_spec(framework) is not None
 
@@ -150,7 +153,10 @@ def _short(value: Any) -> str:
 
 def format_rows(rows: list[dict[str, Any]], width: int = 60) -> str:
     """A fixed-width text table of probe rows (dtypes as fp32/fp16/bf16, ``-`` for None);
-    a refused setting shows its error, cut to ``width`` characters."""
+    a refused setting shows its error, cut to ``width`` characters.
+
+    Taught in course/17_frameworks.ipynb.
+    """
     cols = ("param_dtype", "compute_dtype", "output_dtype", "loss_dtype", "loss_scaler",
             "master_weights")  # fmt: skip
     heads = ("framework", "setting", "param", "compute", "output", "loss", "scaler", "master",

@@ -55,7 +55,10 @@ PLATFORMS: tuple[Platform, ...] = (
 
 def pick(platform: Platform) -> tuple[str, bool] | None:
     """``(autocast dtype name, GradScaler needed)`` by the course's rule, or None where
-    ``mpcourse.device`` does not run (MPS, XPU)."""
+    ``mpcourse.device`` does not run (MPS, XPU).
+
+    Taught in course/17_frameworks.ipynb.
+    """
     if platform.device_type not in ("cuda", "cpu"):
         return None
     native = platform.capability is None or platform.capability >= (8, 0)
@@ -64,7 +67,10 @@ def pick(platform: Platform) -> tuple[str, bool] | None:
 
 
 def platform_table() -> str:
-    """The platforms as a text table: the course's pick, then the source note."""
+    """The platforms as a text table: the course's pick, then the source note.
+
+    Taught in course/17_frameworks.ipynb.
+    """
     lines = []
     for p in PLATFORMS:
         choice = pick(p)

@@ -88,7 +88,10 @@ def compare_scalers(
 
 
 def format_scalers(rows: list[dict[str, Any]]) -> str:
-    """The rows of :func:`compare_scalers` as a text table (scales as powers of two)."""
+    """The rows of :func:`compare_scalers` as a text table (scales as powers of two).
+
+    Taught in course/17_frameworks.ipynb.
+    """
 
     def p2(x: Any) -> str:
         if isinstance(x, str):
