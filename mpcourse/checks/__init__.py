@@ -38,7 +38,7 @@ from .fp8 import (
 from .frameworks import check_fp32_reason, check_predicted_row
 from .inference import check_outlier_matmul, check_per_channel_scale, check_sensitive_layer
 from .keras_mp import check_float32_head, check_keras_scale
-from .master import check_working_after
+from .master import check_bytes_per_parameter, check_master_step, check_working_after
 from .mx import check_e8m0_scale, check_flushed, check_stochastic_round
 from .numerics import (
     check_adam_eps,
@@ -51,8 +51,6 @@ from .numerics import (
     check_update_survives,
 )
 from .scaling import (
-    check_bytes_per_parameter,
-    check_master_step,
     check_scale_trajectory,
     check_static_scale,
     check_update_scale,

@@ -1,14 +1,24 @@
-"""Checks for the exercises of course/04_master_weights.ipynb that live with the master module."""
+"""Checks for the exercises of course/04_master_weights.ipynb."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from ._core import call_answer, expect_equal, fail, passed, require_answer, uses_names
+from ..master import OPTIMIZER_STATES, RECIPES, ledger
+from ._core import (
+    _short,
+    call_answer,
+    expect_equal,
+    fail,
+    passed,
+    require_answer,
+    uses_names,
+)
 
 
 def _working_after(w0: float, u: float, n: int, dtype: torch.dtype) -> float:
@@ -73,4 +83,106 @@ def check_working_after(working_after: Callable[[float, float, int, torch.dtype]
         expect_equal(got, expected, where, hint=hint)
     return passed(
         f"working_after matches an FP32 master loop on {len(cases)} cases, BF16 included."
+    )
+
+
+# -- the master step and the bytes per parameter --------------------------------------------------
+def _reference_master_step(
+    master: torch.Tensor, grad16: torch.Tensor, lr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    new_master = master - lr * grad16.float()
+    return new_master, new_master.half()
+
+
+def _master_step_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    gen = torch.Generator().manual_seed(4)
+    return [
+        (torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.5, 1.0, -4.0]).half(), 0.1),
+        # updates of 1e-5: below half FP16's spacing at 1.0, lost unless kept in FP32
+        (torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 1.0, 1.0]).half(), 1e-5),
+        # lr * g underflows FP16 (2^-30) if it is computed in FP16
+        (torch.tensor([2.0**-20, 0.0]), torch.tensor([2.0**-14, -(2.0**-14)]).half(), 2.0**-16),
+        (torch.randn(50, generator=gen), torch.randn(50, generator=gen).half(), 0.01),
+    ]
+
+
+def check_master_step(master_step: Callable) -> bool:
+    """Check ``master_step(master32, grad16, lr) -> (new_master32, new_working16)``."""
+    require_answer(master_step, "`master_step`")
+    for master, grad16, lr in _master_step_cases():
+        got = call_answer(master_step, master.clone(), grad16.clone(), lr, what="master_step")
+        if not isinstance(got, tuple) or len(got) != 2:
+            fail(f"master_step should return a pair (new_master, new_working), got {_short(got)}.")
+        new_master, new_working = got
+        want_master, want_working = _reference_master_step(master, grad16, lr)
+        for name, tensor, dtype in (
+            ("new_master", new_master, torch.float32),
+            ("new_working", new_working, torch.float16),
+        ):
+            if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
+                fail(
+                    f"{name} should be a {dtype} tensor, got {_short(tensor)}. The master copy "
+                    "stays float32; the working copy is its float16 rounding."
+                )
+        args = f"master={_short(master)}, grad16={_short(grad16)}, lr={lr!r}"
+        expect_equal(
+            new_master,
+            want_master,
+            f"new_master for {args}",
+            hint="copy the gradient up first (grad16.float()), then update in float32: "
+            "lr * grad16 in float16 rounds or underflows.",
+        )
+        expect_equal(new_working, want_working, f"new_working for {args}", hint="new_master.half()")
+    return passed(
+        "the FP32 master weight takes every update, even 1e-5 on a weight of 1.0, and the "
+        "FP16 working copy is its rounding."
+    )
+
+
+def _bytes_hint(recipe: str, optimizer: str, got: float) -> str:
+    """Name the item a wrong total most likely missed (the typical slips of exercise 2).
+
+    Pairs are checked fp32 first, so a master/amp total 4 bytes short is not the optimizer.
+    """
+    diff = sum(ledger(recipe, optimizer).values()) - got
+    states = OPTIMIZER_STATES[optimizer]
+    if states and diff == 4 * states:
+        return f"the optimizer states are missing: {optimizer} keeps {states} FP32 tensor(s)."
+    if recipe == "master" and diff == 4:
+        return (
+            "4 bytes short: the FP32 master gradients (ZeRO's count of 16 for Adam leaves them "
+            "out; this chapter's MasterWeights stores them)."
+        )
+    if optimizer == "adam" and diff == 4:
+        return "Adam keeps two FP32 states per parameter (exp_avg and exp_avg_sq), 4 bytes each."
+    if recipe == "amp" and diff == 2:
+        return "2 bytes short: the FP16 copies of the weights that autocast makes and keeps."
+    return (
+        "count, per parameter, the weights, their gradients, any second copy (FP32 master "
+        "weights and grads, or autocast's FP16 weight copies) and the optimizer states."
+    )
+
+
+def check_bytes_per_parameter(bytes_per_parameter: Callable[[str, str], float]) -> bool:
+    """Check ``bytes_per_parameter(recipe, optimizer)`` against the ledger of the chapter."""
+    require_answer(bytes_per_parameter, "`bytes_per_parameter`")
+    cases = [(r, o) for r in RECIPES for o in OPTIMIZER_STATES]
+    for recipe, optimizer in cases:
+        got = call_answer(bytes_per_parameter, recipe, optimizer, what="bytes_per_parameter")
+        expected = sum(ledger(recipe, optimizer).values())
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, bool) or not isinstance(got, numbers.Real):
+            fail(
+                f"bytes_per_parameter({recipe!r}, {optimizer!r}) should return a number of "
+                f"bytes, got {_short(got)}."
+            )
+        if got != expected:
+            fail(
+                f"bytes_per_parameter({recipe!r}, {optimizer!r}): expected {expected}, got "
+                f"{got:g}. Hint: {_bytes_hint(recipe, optimizer, got)}"
+            )
+    return passed(
+        f"all {len(cases)} recipe/optimizer pairs match the ledger "
+        "(e.g. master weights + Adam: 20 bytes per parameter)."
     )
