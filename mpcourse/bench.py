@@ -191,6 +191,9 @@ def train_step(
     GradScaler; ``amp-bf16`` is autocast(bfloat16) without one. After the
     timed runs, one more step each counts the bytes saved for backward, the
     CUDA allocator's peak (CUDA only) and the peak of live tensor bytes.
+    Not a training loop (:func:`mpcourse.train.train` is chapter 07's): the
+    same batch is stepped again and again, with no data loader, evaluation or
+    history, so that only the step's own time and memory are measured.
 
     Taught in course/09_speed_and_memory.ipynb.
     """

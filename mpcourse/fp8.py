@@ -295,6 +295,10 @@ def train_fp8_classifier(
     on that factor, so FP32 learns the same for any $T$. Mini-batches are drawn
     with a generator seeded by ``seed``.
 
+    Its own loop, not :func:`mpcourse.train.train`: FP8 here is simulated per layer
+    (:class:`FP8Linear` quantizes its inputs, weight and output gradient), not a
+    ``precision`` recipe that autocast could run; the loop only swaps the layer.
+
     Taught in course/08_bf16_tf32_fp8.ipynb.
     """
     if scaling not in (*SCALINGS, "fp32"):

@@ -278,6 +278,12 @@ def train_bf16(
     ``"fp32"``); the loss is cross-entropy on FP32 logits. ``lost`` is, per
     step, the share of weights with a nonzero gradient that did not change.
 
+    Chapter 03's experiment (:func:`mpcourse.purefp16.train` with ``"pure-bf16"``,
+    same seeded ``purefp16.batches``) with its own loop because the optimizer
+    differs: :class:`BF16AdamTrainer` keeps FP32 ``m``, ``v`` and stores
+    $w + u$ in BF16 with nearest, stochastic or Kahan-compensated rounding, which
+    torch's optimizers cannot be told to do.
+
     Taught in course/14_microscaling.ipynb.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

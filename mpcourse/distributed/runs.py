@@ -371,7 +371,10 @@ def train_single(
 
     Same model, optimizer (Adam, lr 0.01), batches and loop (:mod:`mpcourse.train`)
     as a rank of :mod:`mpcourse.distributed.worker`. Returns the final state dict,
-    the loss per step and the test accuracy.
+    the loss per step and the test accuracy. It calls :mod:`mpcourse.train`'s
+    ``backward`` and ``optimizer_step`` rather than ``train()``: its batches are
+    :func:`global_batch`'s, indexed by step, so that rank ``r``'s rows of step ``t``
+    are exactly :func:`local_batch` of the same batch.
 
     Taught in course/13_distributed.ipynb.
     """

@@ -231,7 +231,13 @@ def run_one(
     batch_size: int,
     seed: int,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Train one run on this rank; return its result record and the full final state dict."""
+    """Train one run on this rank; return its result record and the full final state dict.
+
+    The step is :mod:`mpcourse.train`'s (``backward``, ``optimizer_step``) on the
+    wrapped model; what differs from ``train()`` is what a rank must record around
+    it: its own non-finite gradients before the collective, the bytes it holds,
+    the dtypes FSDP2 gathers, and the injected faults (outlier, crash, hang).
+    """
     rank, world = dist.get_rank(), dist.get_world_size()
     model = make_model(seed).to(device)
     shapes = [list(p.shape) for p in model.parameters()]
