@@ -28,8 +28,13 @@ vocabulary must not be taken there (chapter 15 §4).
 GradScaler, ``pure-bf16``, ``pure-fp16``) on a token stream from
 :mod:`mpcourse.text`, and returns per-step losses and the held-out loss.
 
+Memory (chapter 15 §6 and §8): :func:`chunked_cross_entropy` (the loss without the full
+FP32 logits), :func:`activation_ledger` (bytes saved for backward per token per layer,
+measured) and :func:`ledger_formula` (the same, counted by hand).
+
 Public API (relied on by chapters 15 and 16): ``GPTConfig``, ``GPT``,
-``causal_attention``, ``train_gpt``, ``TrainResult``, ``evaluate``.
+``causal_attention``, ``train_gpt``, ``TrainResult``, ``evaluate``, ``compare_recipes``,
+``format_runs``, ``chunked_cross_entropy``, ``activation_ledger``, ``ledger_formula``.
 
 Taught in course/15_transformers.ipynb.
 """
