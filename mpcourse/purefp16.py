@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 from .data import make_loader
 from .precision import Recipe, recipe
 from .progress import progress
+from .validate import positive_int
 
 __all__ = [
     "History",
@@ -240,8 +241,7 @@ def train(
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
     name, dtype = _pure_dtype(precision)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    positive_int(steps, "steps")
     if final_lr is not None and not (isinstance(final_lr, (int, float)) and 0 < final_lr <= lr):
         raise ValueError(f"final_lr must be a number in (0, lr={lr}], got {final_lr!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -44,6 +44,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .precision import RECIPES, Recipe, autocast, make_scaler, recipe
 from .progress import progress
 from .scaling import found_inf
+from .validate import non_negative_int, positive_int
 
 __all__ = [
     "History",
@@ -216,14 +217,8 @@ def train(
     """
     device = next(model.parameters()).device
     r = _amp_recipe(precision, device)
-    if (
-        isinstance(accumulation_steps, bool)
-        or not isinstance(accumulation_steps, int)
-        or (accumulation_steps < 1)
-    ):
-        raise ValueError(f"accumulation_steps must be a positive int, got {accumulation_steps!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+    positive_int(accumulation_steps, "accumulation_steps")
+    non_negative_int(epochs, "epochs")
     _check_model(model, r, scaler)
     scaler = scaler if scaler is not None else make_scaler(r, device)
     criterion = criterion or nn.CrossEntropyLoss()

@@ -48,6 +48,7 @@ from ..device import pick_device
 from ..models import MLP
 from ..precision import RECIPES, autocast, make_scaler, recipe
 from ..train import backward, optimizer_step
+from ..validate import positive_int
 
 __all__ = [
     "STRATEGIES",
@@ -178,8 +179,7 @@ def validate(
     Taught in course/13_distributed.ipynb.
     """
     for name, value in (("world_size", world_size), ("batch_size", batch_size), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(value, name)
     if batch_size % world_size:
         raise ValueError(
             f"global batch_size={batch_size} cannot be split evenly over {world_size} ranks: "
