@@ -40,6 +40,7 @@ OUTPUT_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 CHAPTER_REF = re.compile(r"chapters?\s+(\d\d)(?:\s*(?:-|–|to|and|,)\s*(\d\d))?", re.I)
 NOT_A_QUOTE = re.compile(
     r"(torch|pytorch|keras|torchao|python|cuda|cudnn|nccl|rocm|version|release|arxiv:?|"
+    r"tensorflow|tf|jax|numpy|transformers|accelerate|lightning|peft|deepspeed|"
     r"section|sections|capability|capabilities|sm|sm_|figure|table|tables|eq\.|v|"
     r"transformer engine|te|iclr|neurips|icml|mx v)\s*[≥>=<≤]*\s*$",
     re.I,
