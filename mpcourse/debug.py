@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .formats import BF16, FP8_E4M3, FP8_E5M2, FP16, FloatFormat
+from .hooks import floating_tensors, on_outputs
 
 __all__ = [
     "NonFinite",
@@ -71,19 +72,6 @@ DEFAULT_FORMATS = (FP16, BF16, FP8_E4M3, FP8_E5M2)
 
 
 # -- shared helpers -------------------------------------------------------------------------
-def _tensors(tree: Any) -> Iterator[torch.Tensor]:
-    """Every floating-point tensor in a (nested) tuple/list/dict output."""
-    if isinstance(tree, torch.Tensor):
-        if tree.is_floating_point():
-            yield tree
-    elif isinstance(tree, (tuple, list)):
-        for item in tree:
-            yield from _tensors(item)
-    elif isinstance(tree, dict):
-        for item in tree.values():
-            yield from _tensors(item)
-
-
 def _check_call(model: object, inputs: tuple, func: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{func}: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -106,7 +94,7 @@ def _check_call(model: object, inputs: tuple, func: str) -> nn.Module:
 
 def _scalar_loss(output: Any, func: str) -> torch.Tensor:
     """``sum(t.float().sum())`` over the output's floating tensors; it must need grad."""
-    tensors = [t for t in _tensors(output) if t.requires_grad]
+    tensors = [t for t in floating_tensors(output) if t.requires_grad]
     if not tensors:
         raise ValueError(
             f"{func}: backward=True needs a model output that requires grad, but no floating "
@@ -213,10 +201,6 @@ def first_nonfinite(
                 NonFinite(name, phase, kind, type(module).__name__, what, t.dtype, count, t.numel())
             )
 
-    def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
-        for t in _tensors(output):
-            record(names[module], module, "forward", "output", t)
-
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
         def tag(x: Any) -> Any:
             if isinstance(x, torch.Tensor) and x.is_floating_point() and x.requires_grad:
@@ -228,7 +212,6 @@ def first_nonfinite(
 
     handles = []
     for module in names:
-        handles.append(module.register_forward_hook(post_hook))
         if backward:
             handles.append(module.register_forward_pre_hook(pre_hook))
             for pname, p in module.named_parameters(recurse=False):
@@ -240,10 +223,11 @@ def first_nonfinite(
                         )
                     )
     try:
-        output = model(*inputs)
-        if backward and not found:
-            loss = _scalar_loss(output, "first_nonfinite")
-            _backward_to_leaves(model, inputs, loss)
+        with on_outputs(names, lambda n, m, t: record(n, m, "forward", "output", t)):
+            output = model(*inputs)
+            if backward and not found:
+                loss = _scalar_loss(output, "first_nonfinite")
+                _backward_to_leaves(model, inputs, loss)
     finally:
         for h in handles:
             h.remove()
@@ -381,19 +365,14 @@ def headroom(
     def amax(t: torch.Tensor) -> float:
         return float(t.detach().abs().max().float()) if t.numel() else 0.0
 
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        name = names[module]
+    def hook(name: str, module: nn.Module, t: torch.Tensor) -> None:
         if module not in order:
             order.append(module)
-        for t in _tensors(output):
-            act[name] = max(act.get(name, 0.0), amax(t))
-            if loss_fn is not None and t.requires_grad:
-                t.register_hook(
-                    lambda g, n=name: grad.__setitem__(n, max(grad.get(n, 0.0), amax(g)))
-                )
+        act[name] = max(act.get(name, 0.0), amax(t))
+        if loss_fn is not None and t.requires_grad:
+            t.register_hook(lambda g, n=name: grad.__setitem__(n, max(grad.get(n, 0.0), amax(g))))
 
-    handles = [m.register_forward_hook(hook) for m in names]
-    try:
+    with on_outputs(names, hook):
         out = model(*inputs)
         if loss_fn is not None:
             loss = loss_fn(out)
@@ -402,9 +381,6 @@ def headroom(
             if not loss.requires_grad:
                 raise ValueError("headroom: the loss needs no grad (frozen model or no_grad?)")
             _backward_to_leaves(model, inputs, loss)
-    finally:
-        for h in handles:
-            h.remove()
     rows = [
         HeadroomRow(
             names[m],

@@ -18,14 +18,22 @@ into four shares that add up to 1 (to zero, subnormal, normal, overflow).
 FP16 and BF16 windows on it: the shape of Figure 3 of Micikevicius et al.
 (2018), "Mixed Precision Training".
 
+:func:`on_outputs` is the package's one per-module recorder: a forward hook on
+each module that hands every floating-point tensor of its output to a callback
+(which may put a tensor hook on it to see the gradient), removed when the block
+ends; :func:`capture_gradients` here and :func:`mpcourse.debug.headroom` /
+:func:`mpcourse.debug.first_nonfinite` are built on it.
+
 Taught in course/03_training_in_pure_fp16.ipynb.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -35,6 +43,8 @@ from torch import nn
 from .formats import BF16, FP16, FloatFormat
 
 __all__ = [
+    "floating_tensors",
+    "on_outputs",
     "GradientCapture",
     "capture_gradients",
     "gradient_stats",
@@ -43,6 +53,45 @@ __all__ = [
     "window_shares",
     "plot_gradient_histogram",
 ]
+
+
+def floating_tensors(tree: Any) -> Iterator[torch.Tensor]:
+    """Every floating-point tensor in a module output: a tensor, or nested tuples/lists/dicts.
+
+    Taught in course/10_debugging.ipynb.
+    """
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point():
+            yield tree
+    elif isinstance(tree, (tuple, list)):
+        for item in tree:
+            yield from floating_tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from floating_tensors(item)
+
+
+@contextlib.contextmanager
+def on_outputs(
+    modules: Mapping[nn.Module, str], record: Callable[[str, nn.Module, torch.Tensor], None]
+) -> Iterator[None]:
+    """While the block runs, ``record(name, module, t)`` sees every floating tensor ``t`` that
+    a module of ``modules`` (module -> name) outputs; the hooks are removed on exit, even when
+    the block fails. ``record`` may call ``t.register_hook`` to see ``dL/dt`` in backward.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        for t in floating_tensors(output):
+            record(modules[module], module, t)
+
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @dataclass
@@ -91,29 +140,22 @@ def capture_gradients(
     captured: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
 
-    def forward_hook(name: str) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
-            if not isinstance(output, torch.Tensor) or not output.requires_grad:
-                return
-            calls[name] = calls.get(name, 0) + 1
-            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
+    def store_grad(name: str, module: nn.Module, output: torch.Tensor) -> None:
+        if not output.requires_grad:
+            return
+        calls[name] = calls.get(name, 0) + 1
+        key = name if calls[name] == 1 else f"{name}#{calls[name]}"
 
-            def store(grad: torch.Tensor) -> None:
-                captured[key] = grad.detach().float().cpu().clone()
+        def store(grad: torch.Tensor) -> None:
+            captured[key] = grad.detach().float().cpu().clone()
 
-            output.register_hook(store)
-
-        return hook
+        output.register_hook(store)
 
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    handles = [m.register_forward_hook(forward_hook(n)) for n, m in leaves]
-    try:
+    with on_outputs({m: n for n, m in leaves}, store_grad):
         out = model(x)
         loss = loss_fn(out, y)
         loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
     order = [k for n, _ in leaves for k in sorted(captured) if k.split("#")[0] == n]
     weights = {
         n: p.grad.detach().float().cpu().clone()

@@ -136,3 +136,18 @@ def test_plot_marks_the_share_flushed_in_fp16_and_zooms():
     with pytest.raises(ValueError, match="xlim must be \\(left, right\\) with left < right"):
         plot_gradient_histogram(values, xlim=(10, -10))
     plt.close("all")
+
+
+def test_on_outputs_is_the_one_recorder_and_removes_its_hooks():
+    from mpcourse import debug, hooks
+
+    assert debug.floating_tensors is hooks.floating_tensors
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    seen = []
+    with hooks.on_outputs({m: n for n, m in model.named_modules()}, lambda n, m, t: seen.append(n)):
+        model(torch.ones(2, 3))
+    assert seen == ["0", "1", ""]  # inner modules finish first, the container last
+    model(torch.ones(2, 3))
+    assert len(seen) == 3 and not any(m._forward_hooks for m in model.modules())
+    nested = {"a": (torch.ones(1), torch.ones(1, dtype=torch.long)), "b": [torch.zeros(2)]}
+    assert len(list(hooks.floating_tensors(nested))) == 2
