@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import tempfile
 from typing import Any
 from unittest import mock
@@ -89,8 +90,11 @@ def run_deepspeed(setting: str, device: torch.device) -> dict[str, Any]:
     destroys it and forgets DeepSpeed's cached groups (module globals of
     deepspeed/utils/groups.py and deepspeed.comm's backend).
     """
+    with socket.socket() as sock:  # a free port for the one-process group
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": "29517"}  # fmt: skip
+           "MASTER_PORT": port}  # fmt: skip
     if torch.distributed.is_initialized():
         raise RuntimeError("the DeepSpeed probe runs one process: torch.distributed is in use")
     with mock.patch.dict(os.environ, {k: os.environ.get(k, v) for k, v in env.items()}):
