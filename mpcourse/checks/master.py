@@ -10,15 +10,7 @@ import numpy as np
 import torch
 
 from ..master import OPTIMIZER_STATES, RECIPES, ledger
-from ._core import (
-    _short,
-    call_answer,
-    expect_equal,
-    fail,
-    passed,
-    require_answer,
-    uses_names,
-)
+from ._core import _short, call_answer, expect_equal, fail, passed, require_answer, uses_names
 
 
 def _working_after(w0: float, u: float, n: int, dtype: torch.dtype) -> float:

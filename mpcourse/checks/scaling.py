@@ -10,14 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..scaling import next_scale
-from ._core import (
-    _short,
-    call_answer,
-    expect_equal,
-    fail,
-    passed,
-    require_answer,
-)
+from ._core import _short, call_answer, expect_equal, fail, passed, require_answer
 
 FP16_MAX = 65504.0
 
