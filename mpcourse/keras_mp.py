@@ -10,7 +10,8 @@ import time (``KERAS_BACKEND``).
 Keras's names for what chapters 04-07 built in PyTorch:
 
 * policy ``mixed_float16``: variables (master weights) in float32, each layer
-  computes in float16 (``torch.autocast``); ``mixed_bfloat16`` likewise;
+  computes in float16 (``torch.autocast``), except where Keras keeps float32
+  itself (losses, ``BatchNormalization``'s inputs); ``mixed_bfloat16`` likewise;
 * ``LossScaleOptimizer``: dynamic loss scaling. ``S0 = 2^15``; a step whose
   gradients hold inf/NaN is skipped and ``S <- S / 2``; after
   ``dynamic_growth_steps`` (2000) finite steps in a row ``S <- 2 S``. That is
@@ -47,6 +48,7 @@ __all__ = [
     "to_numpy",
     "LayerDtypes",
     "layer_dtypes",
+    "format_layer_dtypes",
     "scaled_gradients",
     "scaler_like",
     "LockstepStep",
@@ -97,8 +99,7 @@ def load_keras(name: str | None = None, *, threads: int | None = None) -> types.
     :func:`mpcourse.device.pick_device` (one place decides the device); for
     tensorflow, silences its start-up log (``TF_CPP_MIN_LOG_LEVEL=2``) and turns
     off its oneDNN custom ops (``TF_ENABLE_ONEDNN_OPTS=0``: they print a banner
-    and made float16 training of chapter 12's CNN 10-30x slower on the course's
-    CPU); both only if unset.
+    at start-up); both only if unset.
     ``threads`` fixes the CPU threads of torch (and TensorFlow) for reproducible
     sums. Keras cannot switch backends once imported: a different choice then
     raises RuntimeError (restart the kernel). Taught in course/12_keras_tensorflow.ipynb.
@@ -232,6 +233,21 @@ def layer_dtypes(model: Any, x: Any) -> list[LayerDtypes]:
             )
         )
     return rows
+
+
+def format_layer_dtypes(rows: list[LayerDtypes]) -> str:
+    """The table of :func:`layer_dtypes`: variable, compute, stored and output dtype per layer.
+
+    Taught in course/12_keras_tensorflow.ipynb.
+    """
+    lines = [f"  {'layer':<16} {'variables':<10} {'compute':<9} {'weights stored':<18} output"]
+    for r in rows:
+        stored = ",".join(sorted(set(r.weights))) or "-"
+        lines.append(
+            f"  {r.name:<16} {r.variable_dtype:<10} {r.compute_dtype:<9} {stored:<18} "
+            f"{r.output_dtype}"
+        )
+    return "\n".join(lines)
 
 
 def scaled_gradients(

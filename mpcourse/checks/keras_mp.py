@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -225,4 +226,18 @@ def check_keras_scale(keras_scale: Callable) -> bool:
                 f"keras_scale({events}, initial_scale={initial:g}, growth_steps={growth}): "
                 f"expected {want:g}, got {got:g}. Hint: {hint}"
             )
-    return passed("your rule gives Keras's scale on every sequence of finite/overflowing steps.")
+    long_run = [(True, 30_000_000), (False, 1), (True, 4_000_000)]  # 34 million steps
+    start = time.perf_counter()
+    got = call_answer(keras_scale, list(long_run), 1.0, 1_000_000, what="keras_scale")
+    seconds = time.perf_counter() - start
+    if got != reference_keras_scale(long_run, 1.0, 1_000_000):
+        fail(f"keras_scale({long_run}, 1.0, 1000000): expected 2^33, got {_short(got)}.")
+    if seconds > 1.0:
+        fail(
+            f"keras_scale took {seconds:.1f} s for 34 million steps: handle each run at once "
+            "(divmod of the counter by growth_steps) instead of looping over its steps."
+        )
+    return passed(
+        "your rule gives Keras's scale on every sequence of finite/overflowing steps, "
+        "34 million steps included."
+    )
