@@ -43,12 +43,10 @@ from .mx import check_e8m0_scale, check_flushed, check_stochastic_round
 from .numerics import (
     check_adam_eps,
     check_adam_survivors,
-    check_flushed_share,
     check_lost_band,
     check_lost_fraction,
     check_smallest_scale,
     check_stable_softmax,
-    check_update_survives,
 )
 from .scaling import (
     check_scale_trajectory,

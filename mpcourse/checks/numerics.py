@@ -8,61 +8,15 @@ from collections.abc import Callable
 
 import torch
 
-from ..hooks import flushed_share
-from ..numerics import update_survives
 from ._core import call_answer, expect_equal, fail, passed, require_answer, uses_names
 
 __all__ = [
-    "check_update_survives",
     "check_stable_softmax",
     "check_lost_fraction",
-    "check_flushed_share",
     "check_adam_eps",
     "check_adam_survivors",
     "check_lost_band",
     "check_smallest_scale",
-]
-
-# (w, update, what the case teaches): around w = 1 (spacing 2^-10 above, 2^-11 below),
-# w = 1024 (spacing 1), w = 1000 (spacing 0.5), w = 0.1 (not an FP16 number), a subnormal w
-_SURVIVE_CASES = [
-    (1.0, 2.0**-10, "1 + 2^-10 is the next FP16 number after 1: a full spacing always survives."),
-    (
-        1.0,
-        2.0**-11,
-        "1 + 2^-11 is exactly half the spacing (2^-10) above 1: a tie, and ties "
-        "round to the even neighbour, which is 1 itself.",
-    ),
-    (1.0, 1.5 * 2.0**-11, "more than half a spacing rounds up to the next FP16 number, 1 + 2^-10."),
-    (1.0, 2.0**-12, "a quarter of the spacing rounds back to 1."),
-    (
-        1.0,
-        -(2.0**-12),
-        "just below a power of two the spacing is half as large (2^-11 below 1), "
-        "so 1 - 2^-12 is a tie there, and it rounds to the even neighbour, 1.",
-    ),
-    (
-        1.0,
-        -(2.0**-11),
-        "below 1 the spacing is 2^-11, so 1 - 2^-11 is itself an FP16 number: "
-        "the update survives (use the spacing on the side the update goes).",
-    ),
-    (1024.0, 0.5, "the spacing at 1024 is 1: 1024.5 is a tie and rounds to the even 1024."),
-    (1024.0, 0.75, "the spacing at 1024 is 1: 1024.75 rounds up to 1025."),
-    (
-        1000.0,
-        0.25,
-        "the spacing in [512, 1024) is 0.5: 1000.25 is a tie and rounds to the even 1000.",
-    ),
-    (
-        0.1,
-        1e-5,
-        "w = 0.1 is stored as the FP16 number 0.0999755859375 (spacing 2^-14 ~ 6.1e-5): "
-        "round w to FP16 first and compare with that, not with the Python float.",
-    ),
-    (0.1, 5e-5, "5e-5 is more than half the spacing 2^-14 ~ 6.1e-5 near 0.1: it survives."),
-    (2.0**-20, 2.0**-30, "2^-20 is a subnormal: the spacing there is 2^-24, far above 2^-30."),
-    (3.0, 0.0, "a zero update never changes w."),
 ]
 
 
@@ -74,37 +28,6 @@ def _closest_mistake(
         if abs(got - value) <= tol and abs(got - expected) > tol:
             return advice
     return fallback
-
-
-def check_update_survives(survives: Callable[[float, float], bool]) -> bool:
-    """``survives(w, u)`` must say whether ``w + u`` differs from ``w`` in FP16.
-
-    Each case carries its own hint: ties, the smaller spacing just below a
-    power of two, ``w`` itself rounded to FP16, subnormals, a zero update.
-    """
-    require_answer(survives, "`survives`")
-    for w, u, lesson in _SURVIVE_CASES:
-        got = call_answer(survives, w, u, what="survives")
-        if not isinstance(got, (bool, torch.Tensor)) and type(got).__name__ != "bool_":
-            fail(f"survives({w!r}, {u!r}) should return a bool, got {type(got).__name__}.")
-        if isinstance(got, torch.Tensor) and got.numel() != 1:
-            fail(f"survives({w!r}, {u!r}) should return one bool, got {_short_shape(got)}.")
-        expected = bool(update_survives(w, u))
-        expect_equal(bool(got), expected, f"survives({w!r}, {u!r})", hint=lesson)
-    gen = torch.Generator().manual_seed(random.Random().randrange(2**31))  # new every run
-    ws = torch.randn(200, generator=gen) * torch.exp2(
-        torch.empty(200).uniform_(-16, 8, generator=gen)
-    )
-    ratios = torch.exp2(torch.empty(200).uniform_(8, 14, generator=gen))  # around 2048..4096
-    for w, ratio in zip(ws.tolist(), ratios.tolist(), strict=True):
-        u = -w / ratio
-        got = bool(call_answer(survives, w, u, what="survives"))
-        expected = bool(update_survives(w, u))
-        expect_equal(got, expected, f"survives({w!r}, {u!r}) (a random case)")
-    return passed(
-        f"survives() predicts FP16 swamping on {len(_SURVIVE_CASES)} hand-picked cases, ties "
-        "included, and 200 random ones."
-    )
 
 
 def _short_shape(t: torch.Tensor) -> str:
@@ -247,62 +170,6 @@ def check_lost_fraction(
         hint = _lost_fraction_diagnosis(w, g, lr, got)
         expect_equal(got, round(expected, 6), where, atol=2e-3, hint=hint)
     return passed("lost_fraction matches a real FP16 SGD step at lr = 0.1, 0.01 and 0.001.")
-
-
-def _flushed_diagnosis(x: torch.Tensor, got: float) -> str:
-    """Name the usual mistake behind a wrong ``flushed`` answer, if it is one of them."""
-    nonzero = x != 0
-    n_nz = max(int(nonzero.sum()), 1)
-    guesses = {
-        "you divided by all values, zeros included; the share is of the *nonzero* values.": (
-            float((nonzero & (x.half() == 0)).float().mean()) if x.numel() else math.nan
-        ),
-        "you compared with 2^-24 (or 6e-8); but values between 2^-25 and 2^-24 round *up* to "
-        "2^-24 and survive: let the cast decide, x.half() == 0.": int(
-            (nonzero & (x.abs() < 2.0**-24)).sum()
-        )
-        / n_nz,
-        "negative gradients count too, by their magnitude: a threshold test needs x.abs(); "
-        "a cast (x.half() == 0) needs none.": int((nonzero & (x <= 2.0**-25)).sum()) / n_nz,
-    }
-    expected = flushed_share(x)
-    return _closest_mistake(
-        got,
-        expected,
-        guesses,
-        1e-6,
-        "divide by the number of *nonzero* inputs; a value is flushed when x != 0 "
-        "but x.half() == 0 (|x| <= 2^-25).",
-    )
-
-
-def check_flushed_share(flushed: Callable[[torch.Tensor], float]) -> bool:
-    """``flushed(grads)``: share of nonzero FP32 values that become 0 when cast to FP16.
-
-    Wrong answers are diagnosed: divided by all values, a ``< 2^-24`` threshold
-    instead of the cast, no ``abs``, NaN when every value is zero.
-    """
-    require_answer(flushed, "`flushed`")
-    gen = torch.Generator().manual_seed(4)
-    g = torch.randn(10000, generator=gen) * torch.exp2(
-        torch.empty(10000).uniform_(-34, -10, generator=gen)
-    )
-    g[::5] = 0
-    cases = {
-        "10000 random gradients of size 2^-34 to 2^-10, one in five exactly 0": g,
-        "the same gradients without the zeros": g[g != 0],
-        str([2.0**-25, 2.0**-24, 1.5 * 2.0**-25, 0.0, -(2.0**-26)])
-        + " (2^-25, 2^-24, 1.5 * 2^-25, 0, -2^-26)": torch.tensor(
-            [2.0**-25, 2.0**-24, 1.5 * 2.0**-25, 0.0, -(2.0**-26)]
-        ),
-        "a 2x3 tensor of zeros (no nonzero value: the answer is 0.0)": torch.zeros(2, 3),
-    }
-    for text, x in cases.items():
-        where = f"flushed({text})"
-        got = _as_share(call_answer(flushed, x.clone(), what="flushed"), where)
-        expected = flushed_share(x)
-        expect_equal(got, expected, where, atol=1e-6, hint=_flushed_diagnosis(x, got))
-    return passed("flushed() counts FP16 underflow exactly, ties at 2^-25 included.")
 
 
 def check_adam_eps(answer: float) -> bool:
