@@ -42,6 +42,7 @@ from torch import nn
 from .models import SimpleModel
 from .numerics import relative_error
 from .timing import Latency, all_threads, compare_latency, measure_latency  # chapter 11's clock
+from .validate import float_tensor
 
 __all__ = [
     "FLOAT_FORMATS",
@@ -82,13 +83,8 @@ FP32_EPS = torch.finfo(torch.float32).eps  # the smallest scale torchao's INT8 c
 
 
 def _check_float(x: object, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{what} must be a floating tensor (float32, float16 or bfloat16), got {x.dtype}: "
-            "an integer tensor has no range to map; convert it with .float() if it holds values"
-        )
+    hint = "an integer tensor has no range to map; convert it with .float() if it holds values"
+    float_tensor(x, what, hint)
     bad = (~torch.isfinite(x)).sum().item()
     if bad:
         raise ValueError(

@@ -37,6 +37,7 @@ import torch
 from .formats import FP4_E2M1, FP6_E2M3, FP8_E4M3, MX_ELEMENT_FORMATS, FloatFormat, round_to
 from .fp8 import compute_scale, fake_quantize
 from .numerics import relative_error
+from .validate import float_tensor
 
 __all__ = [
     "E8M0_BIAS",
@@ -74,13 +75,7 @@ _NAMES = ", ".join(f.name for f in MX_ELEMENT_FORMATS)
 
 
 def _float_tensor(x: object, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{what} needs a floating-point tensor (float32, bfloat16, float16), got dtype "
-            f"{x.dtype}: convert with x.float() first"
-        )
+    float_tensor(x, what, "convert with x.float() first")
     if x.dim() == 0:
         raise ValueError(f"{what} needs at least one dimension (blocks run along the last one)")
     return x.float()

@@ -13,7 +13,11 @@ shows their messages, e.g. ``train(..., accumulation_steps=0)``).
 
 from __future__ import annotations
 
-__all__ = ["positive_int", "int_at_least", "non_negative_int"]
+from typing import Any
+
+import torch
+
+__all__ = ["positive_int", "int_at_least", "non_negative_int", "float_tensor"]
 
 
 def _is_int(value: object) -> bool:
@@ -39,3 +43,16 @@ def int_at_least(value: object, name: str, minimum: int) -> int:
     if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def float_tensor(x: Any, what: str, hint: str = "convert it with .float() first") -> torch.Tensor:
+    """``x`` if it is a floating-point ``torch.Tensor``; else ``TypeError`` naming ``what``,
+    the dtypes accepted and ``hint`` (what to do instead)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} must be a floating-point tensor (float32, float16 or bfloat16), "
+            f"got {x.dtype}: {hint}"
+        )
+    return x

@@ -28,3 +28,18 @@ def test_bad_input_says_what_was_given_and_what_is_accepted(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert str(info.value) == message
+
+
+def test_float_tensor_names_the_argument_and_the_fix():
+    import torch
+
+    from mpcourse.validate import float_tensor
+
+    x = torch.ones(2)
+    assert float_tensor(x, "x") is x
+    with pytest.raises(TypeError, match="^x must be a torch.Tensor, got list$"):
+        float_tensor([1.0], "x")
+    with pytest.raises(
+        TypeError, match=r"floating-point tensor .* got torch.int64: use .float\(\)"
+    ):
+        float_tensor(torch.ones(2, dtype=torch.long), "x", "use .float()")
