@@ -164,19 +164,24 @@ def _count_steps(optimizer: torch.optim.Optimizer) -> list[int]:
     return count
 
 
+def _require_own_loop(fn: object, name: str) -> None:
+    """The answer is a function that writes the loop itself (the package's loop is the key)."""
+    if not callable(fn):
+        fail(f"{name} should be a function (def {name}(...)).")
+    if _uses_package_loop(fn):
+        fail(
+            "write the loop with torch calls only: mpcourse's train/optimizer_step are the "
+            "answer key."
+        )
+
+
 def check_amp_bug_hunt(amp_steps: Callable) -> bool:
     """Exercise 1 of chapter 07: the three bugs of an AMP loop, found and fixed.
 
     Runs ``amp_steps`` on hidden random cases (model width, accumulation, where the
     overflow happens) and names each bug still present in its own short message."""
     require_answer(amp_steps, "`amp_steps`")
-    if not callable(amp_steps):
-        fail("amp_steps should be a function (def amp_steps(...)).")
-    if _uses_package_loop(amp_steps):
-        fail(
-            "write the loop with torch calls only: mpcourse's train/optimizer_step are the "
-            "answer key."
-        )
+    _require_own_loop(amp_steps, "amp_steps")
     for seed in range(3):
         case = _hunt_case(seed)
         model, opt, sched, scaler = _hunt_setup(case, spy=True)
@@ -296,13 +301,7 @@ def check_plain_amp_loop(plain_fit: Callable) -> bool:
     accumulation_steps, max_grad_norm)`` -> the scale used at each optimizer step; it must
     equal ``mpcourse.train.train`` bit for bit on hidden cases."""
     require_answer(plain_fit, "`plain_fit`")
-    if not callable(plain_fit):
-        fail("plain_fit should be a function (def plain_fit(...)).")
-    if _uses_package_loop(plain_fit):
-        fail(
-            "write the loop with torch calls only: mpcourse's train/optimizer_step are the "
-            "answer key."
-        )
+    _require_own_loop(plain_fit, "plain_fit")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
