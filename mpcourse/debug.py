@@ -53,6 +53,7 @@ __all__ = [
     "HeadroomRow",
     "HeadroomReport",
     "headroom",
+    "plot_headroom",
     "ScaleCollapseWarning",
     "ScaleMonitor",
     "lr_sweep",
@@ -322,6 +323,34 @@ class HeadroomReport:
                     line += f"{_fmt_bits(up) + '/' + _fmt_bits(down):>14}"
             lines.append(line)
         return "\n".join(lines)
+
+
+def plot_headroom(
+    report: HeadroomReport, formats: tuple[FloatFormat, ...] = (FP16, BF16), ax: Any = None
+) -> Any:
+    """Bars of activation headroom in bits, ``log2(fmt.max / max|a|)``, per leaf module and
+    format, with 0 (the overflow line) marked: a bar below it overflows. Returns the axes.
+    Taught in course/10_debugging.ipynb."""
+    import matplotlib.pyplot as plt
+
+    names = [r.module for r in report.rows]
+    leaves = [
+        r for r in report.rows if r.module and not any(n.startswith(r.module + ".") for n in names)
+    ]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3))
+    width = 0.8 / len(formats)
+    for i, fmt in enumerate(formats):
+        bits = [max(min(_bits(r.act_amax, fmt)[0], 200.0), -200.0) for r in leaves]
+        xs = [j + (i - (len(formats) - 1) / 2) * width for j in range(len(leaves))]
+        ax.bar(xs, bits, width, label=fmt.name)
+    ax.axhline(0, color="k", linewidth=1)
+    ax.set_yscale("symlog", linthresh=4)  # a few bits below 0 stay visible next to 100+
+    ax.set_xticks(range(len(leaves)), [r.module for r in leaves], rotation=45)
+    ax.set(xlabel="module", ylabel="bits below the format's max")
+    ax.set_title("Activation headroom (below 0: overflow)")
+    ax.legend()
+    return ax
 
 
 def _amax(row: HeadroomRow, kind: str) -> float | None:

@@ -380,6 +380,11 @@ def test_t5_like_meanpool_and_leaf_table():
     assert "Sequential" not in leaves and "2.0" in leaves and "Sequential" in report.table()
     with pytest.raises(ValueError, match="hot"):
         t5_like(hot=3)
+    from mpcourse.debug import plot_headroom
+
+    ax = plot_headroom(report)
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 2 * 12 and sum(h < 0 for h in heights) == 2  # 2.0 and 2.1 in FP16
     tokens = torch.full((2, 4096, 3), 20.0).half()
     assert torch.isinf(MeanPool()(tokens)).all()  # the FP16 sum, about 82,000, is returned in FP16
     assert torch.equal(MeanPool(torch.float32)(tokens), torch.full((2, 3), 20.0).half())
