@@ -94,7 +94,7 @@ ALLOWED: dict[tuple[str, str], str] = {
         "FP8Linear's own method, called by its autograd Function _FP8Matmul in the same module"
     ),
     # -- chapters 15-17: libraries' private hooks ------------------------------------------
-    ("mpcourse/finetune.py", "_new_buffer"): (
+    ("mpcourse/finetune_memory.py", "_new_buffer"): (
         "torchao's low-bit optimizers build each (quantized) state with _new_buffer; no public "
         "call makes an empty state whose bytes chapter 16 can count"
     ),

@@ -63,20 +63,29 @@ class NotAnswered(CheckFailed):
     label = "Not answered yet"
 
 
-class NotPassed(int):
-    """What a check returns in student mode when the answer is not right yet: false,
-    shown as nothing (the check already printed its one line)."""
+class _Verdict(int):
+    """A check's result: an int (1 or 0, so ``== True`` works) that keeps its one-line
+    message and shows as nothing in a notebook (the check already printed it)."""
 
-    def __new__(cls, message: str) -> NotPassed:
-        obj = super().__new__(cls, 0)
+    truth = 0
+
+    def __new__(cls, message: str) -> _Verdict:
+        obj = super().__new__(cls, cls.truth)
         obj.message = message
         return obj
 
     def __repr__(self) -> str:
-        return f"NotPassed({self.message!r})"
+        return f"{type(self).__name__}({self.message!r})"
 
     def _ipython_display_(self) -> None:
         pass
+
+
+class NotPassed(_Verdict):
+    """What a check returns in student mode when the answer is not right yet: false,
+    shown as nothing (the check already printed its one line)."""
+
+    truth = 0
 
 
 class _ModeSwitch:
@@ -186,20 +195,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-class Passed(int):
+class Passed(_Verdict):
     """What a check returns on success: true (``== True``), and shown as nothing in a
     notebook (the check already printed ``Correct: ...``), so no stray ``Out: True``."""
 
-    def __new__(cls, message: str) -> Passed:
-        obj = super().__new__(cls, 1)
-        obj.message = message
-        return obj
-
-    def __repr__(self) -> str:
-        return f"Passed({self.message!r})"
-
-    def _ipython_display_(self) -> None:
-        pass
+    truth = 1
 
 
 def passed(message: str) -> Passed:
