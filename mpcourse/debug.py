@@ -46,6 +46,7 @@ from torch import nn
 
 from .formats import BF16, FP8_E4M3, FP8_E5M2, FP16, FloatFormat
 from .hooks import floating_tensors, on_outputs
+from .precision import autocast, make_scaler, recipe
 
 __all__ = [
     "NonFinite",
@@ -547,7 +548,7 @@ class ScaleMonitor:
 
 
 # -- the chapter's harnesses -------------------------------------------------------------------
-LR_MODES = ("fp32", "amp", "bf16 weights")
+LR_MODES = ("fp32", "amp-fp16", "pure-bf16")  # recipes of mpcourse.precision
 
 
 def _lr_run(
@@ -558,16 +559,17 @@ def _lr_run(
     torch.manual_seed(0)
     device = X.device
     model = MLP(X.shape[1], (64,), int(Y.max()) + 1).to(device)
-    if mode == "bf16 weights":
-        model = model.to(torch.bfloat16)
+    r = recipe(mode)
+    if r.pure:
+        model = model.to(r.param_dtype)
     start = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=mode == "amp")
+    scaler = make_scaler(r, device)
     order = torch.Generator().manual_seed(0)
     dtype = next(model.parameters()).dtype
     for _ in range(steps):
         idx = torch.randint(0, len(X), (batch,), generator=order).to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=mode == "amp"):
+        with autocast(r, device):
             loss = nn.functional.cross_entropy(model(X[idx].to(dtype)).float(), Y[idx])
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -589,8 +591,9 @@ def lr_sweep(
 ) -> dict[tuple[str, float], tuple[float, float]]:
     """Train ``MLP(in, (64,), classes)`` from the same seed with SGD for each mode and rate.
 
-    Modes: ``"fp32"``; ``"amp"`` (FP16 autocast + GradScaler, FP32 weights: the update is
-    ``w - lr * g`` in FP32); ``"bf16 weights"`` (``model.to(bfloat16)``, no master copy: an
+    Modes (recipes of :mod:`mpcourse.precision`): ``"fp32"``; ``"amp-fp16"`` (FP16 autocast
+    + GradScaler, FP32 weights: the update is ``w - lr * g`` in FP32); ``"pure-bf16"``
+    (``model.to(bfloat16)``, no master copy: an
     update smaller than half a BF16 spacing of ``w``, ``|lr * g| < |w| 2^-9``, is lost).
     Returns ``{(mode, lr): (final training loss on all of X, share of weights never moved)}``.
 
@@ -615,8 +618,8 @@ def plot_lr_sweep(sweep: dict[tuple[str, float], tuple[float, float]]) -> Any:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.2))
     for m, style in zip(modes, ("-o", "--x", "-s"), strict=False):
         ax.plot(rates, [sweep[m, lr][0] for lr in rates], style, label=m)
-    if "bf16 weights" in modes:
-        share = [100 * sweep["bf16 weights", lr][1] for lr in rates]
+    if "pure-bf16" in modes:
+        share = [100 * sweep["pure-bf16", lr][1] for lr in rates]
         ax2.plot(rates, share, "-s", color="C2")
     for a in (ax, ax2):
         a.set_xscale("log")
@@ -646,21 +649,25 @@ def train_monitored(
     *,
     steps: int = 60,
     lr: float = 2.0,
-    dtype: torch.dtype = torch.float16,
+    precision: str = "amp-fp16",
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     **scaler_kwargs: Any,
 ) -> MonitoredRun:
-    """SGD on random batches of 64 under ``torch.autocast(dtype)`` (+ GradScaler for FP16),
+    """SGD on random batches of 64 in ``precision`` (``"amp-fp16"``: autocast + GradScaler,
+    ``"amp-bf16"``: autocast, no scaler; :mod:`mpcourse.precision`),
     with a :class:`ScaleMonitor` stepped after every ``update()``.
 
     ``loss_fn(output, y)`` defaults to cross-entropy. Taught in course/10_debugging.ipynb.
     """
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"train_monitored: dtype must be float16 or bfloat16, got {dtype}")
+    if precision not in ("amp-fp16", "amp-bf16"):
+        raise ValueError(
+            f"train_monitored: precision must be 'amp-fp16' or 'amp-bf16' (autocast in float16 "
+            f"or bfloat16), got {precision!r}"
+        )
     loss_fn = loss_fn or nn.functional.cross_entropy
     device = X.device
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16, **scaler_kwargs)
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe(precision).scaler, **scaler_kwargs)
     monitor = ScaleMonitor(scaler)
     order = torch.Generator().manual_seed(0)
     losses = []
@@ -668,7 +675,7 @@ def train_monitored(
         warnings.simplefilter("always", ScaleCollapseWarning)
         for _ in range(steps):
             idx = torch.randint(0, len(X), (64,), generator=order).to(device)
-            with torch.autocast(device.type, dtype=dtype):
+            with autocast(precision, device):
                 loss = loss_fn(model(X[idx]), Y[idx])
             losses.append(loss.item())
             scaler.scale(loss).backward()

@@ -340,7 +340,7 @@ def test_collapse_from_a_backward_op_does_not_blame_the_forward_pass():
     assert run.monitor.collapsed and len(run.warnings) == 1  # ...yet every step skipped
     assert "backward of an op" in run.warnings[0] and "BCEWithLogitsLoss" in run.warnings[0]
     with pytest.raises(ValueError, match="float16 or bfloat16"):
-        train_monitored(_bce_head(), x, y, dtype=torch.float32)
+        train_monitored(_bce_head(), x, y, precision="fp32")
 
 
 def test_lr_sweep_amp_equals_fp32_and_rejects_bad_input():
@@ -349,9 +349,9 @@ def test_lr_sweep_amp_equals_fp32_and_rejects_bad_input():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 64, generator=gen), torch.randint(0, 10, (128,), generator=gen)
     sweep = lr_sweep(x, y, (1e-3, 0.1), steps=5, batch=32)
-    assert set(sweep) == {(m, lr) for m in ("fp32", "amp", "bf16 weights") for lr in (1e-3, 0.1)}
-    assert abs(sweep["amp", 0.1][0] - sweep["fp32", 0.1][0]) < 1e-2
-    assert sweep["bf16 weights", 1e-3][1] > sweep["bf16 weights", 0.1][1]  # more updates lost
+    assert set(sweep) == {(m, lr) for m in ("fp32", "amp-fp16", "pure-bf16") for lr in (1e-3, 0.1)}
+    assert abs(sweep["amp-fp16", 0.1][0] - sweep["fp32", 0.1][0]) < 1e-2
+    assert sweep["pure-bf16", 1e-3][1] > sweep["pure-bf16", 0.1][1]  # more updates lost
     with pytest.raises(ValueError, match="unknown mode"):
         lr_sweep(x, y, (0.1,), modes=("fp8",))
     with pytest.raises(ValueError, match="positive numbers"):
