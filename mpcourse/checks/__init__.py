@@ -19,7 +19,7 @@ from .bench import (
     check_padding_overhead,
 )
 from .debug import check_broken_loop, check_rms_norm, check_safe_inference
-from .distributed import check_fsdp_bytes, check_skips_across_ranks
+from .distributed import check_fsdp_bytes, check_policy_dtypes, check_skips_across_ranks
 from .finetune import check_ema_moves, check_nf4_codes, check_swallowed
 from .formats import (
     check_decode,

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 
 from ..distributed import rank_ledger, shard_rows
-from ._core import call_answer, fail, passed, require_answer
+from ._core import _short, call_answer, fail, passed, require_answer
 
 
 def _reference_skips(
@@ -118,3 +118,38 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         out *= d
     return out
+
+
+def check_policy_dtypes(answer: Callable) -> bool:
+    """Check ``answer(policy) -> {stage: dtype}`` on unseen ``MixedPrecisionPolicy`` settings."""
+    import itertools
+
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from ..distributed.dataflow import STAGES, policy_dtypes
+
+    require_answer(answer, "`fsdp2_dtypes`")
+    choices = (None, torch.float32, torch.bfloat16, torch.float16)
+    combos = list(itertools.product(choices, repeat=3))
+    random.Random().shuffle(combos)  # fresh order every run: no answer keyed on the examples
+    musts = [(torch.bfloat16, None, None), (torch.float16, None, torch.float32), (None,) * 3]
+    for param, reduce, output in musts + combos[:21]:
+        policy = MixedPrecisionPolicy(param_dtype=param, reduce_dtype=reduce, output_dtype=output)
+        got = call_answer(answer, policy, what="fsdp2_dtypes")
+        want = policy_dtypes(policy)
+        if not isinstance(got, dict) or set(got) != set(STAGES):
+            fail(f"fsdp2_dtypes should return a dict with the keys {STAGES}, got {_short(got)}.")
+        for stage in STAGES:
+            if got[stage] == want[stage]:
+                continue
+            why = {
+                "reduce-scatter": "reduce_dtype=None does not mean FP32: the reduction then "
+                "runs in the compute dtype (param_dtype when it is set)",
+                "output": "output_dtype=None does not cast: the output keeps the compute dtype",
+                "sharded parameter": "the shards stay in the parameters' own dtype (FP32): "
+                "they are the optimizer's master weights",
+                "gradient": "the reduced gradient is cast back to the shard's dtype (FP32)",
+            }.get(stage, "param_dtype=None means the parameters' own dtype (FP32)")
+            fail(f"for {policy}: {stage} should be {want[stage]}, got {got[stage]}. Hint: {why}.")
+    return passed("your dtypes follow FSDP2's rules on 24 unseen policies, defaults included.")
