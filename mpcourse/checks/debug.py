@@ -22,11 +22,17 @@ def _rms_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     return y.to(x.dtype)
 
 
+def _seeded(check: Callable, answer: Callable, seed: int) -> bool:
+    """``check(answer, generator)`` on hidden cases drawn from ``seed``, leaving the global
+    RNG as it was (the student's notebook keeps its own random stream)."""
+    with torch.random.fork_rng():
+        return check(answer, torch.Generator().manual_seed(seed))
+
+
 def check_rms_norm(rms_norm: Callable) -> bool:
     """``rms_norm(x, weight, eps)``: ``x / sqrt(mean(x^2) + eps) * weight``, safe in FP16/BF16."""
     require_answer(rms_norm, "`rms_norm`")
-    with torch.random.fork_rng():
-        return _check_rms_norm(rms_norm, torch.Generator().manual_seed(1010))
+    return _seeded(_check_rms_norm, rms_norm, 1010)
 
 
 def _check_rms_norm(rms_norm: Callable, gen: torch.Generator) -> bool:
@@ -109,8 +115,7 @@ def _hot_model(gen: torch.Generator) -> tuple[nn.Sequential, int, torch.Tensor]:
 def check_safe_inference(safe_forward: Callable) -> bool:
     """``safe_forward(model, x)``: FP16 autocast inference, overflowing blocks kept in FP32."""
     require_answer(safe_forward, "`safe_forward`")
-    with torch.random.fork_rng():
-        return _check_safe_inference(safe_forward, torch.Generator().manual_seed(2020))
+    return _seeded(_check_safe_inference, safe_forward, 2020)
 
 
 def _check_safe_inference(safe_forward: Callable, gen: torch.Generator) -> bool:
