@@ -135,7 +135,8 @@ def quantize_int8(
     narrow_range: bool = True,
     eps: float = FP32_EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric INT8 quantization: ``(q, scale)`` with ``q`` int8 and ``x ~= q * scale``.
+    """Symmetric INT8 quantization: ``(scale, q)`` with ``q`` int8 and ``x ~= q * scale``
+    (the package's quantizer convention, as :func:`mpcourse.mx.mx_quantize`).
 
     ``axis=None``: one scale for the tensor; ``axis=0``: one per output
     channel (row of a Linear weight, filter of a Conv2d weight). ``scale`` is
@@ -159,11 +160,11 @@ def quantize_int8(
         if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
             raise ValueError(f"quantize_int8: scale must be finite and > 0, got {scale}")
     q = torch.clamp(torch.round(x * (1.0 / scale)), qmin, qmax).to(torch.int8)
-    return q, scale
+    return scale, q
 
 
-def dequantize_int8(q: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """$\\hat x = q \\cdot s$ in float32; ``scale`` broadcasts (as quantize_int8 returns it).
+def dequantize_int8(scale: torch.Tensor | float, q: torch.Tensor) -> torch.Tensor:
+    """$\\hat x = q \\cdot s$ in float32 from ``(scale, q)``, as :func:`quantize_int8` returns them.
 
     Taught in course/11_inference.ipynb.
     """
@@ -293,7 +294,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"Int8Linear wraps an nn.Linear, got {type(linear).__name__}")
-        q, s = quantize_int8(linear.weight.detach(), axis=0, narrow_range=narrow_range)
+        s, q = quantize_int8(linear.weight.detach(), axis=0, narrow_range=narrow_range)
         self.register_buffer("qweight", q)
         self.register_buffer("weight_scale", s)
         bias = linear.bias.detach().float().clone() if linear.bias is not None else None
@@ -304,7 +305,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         axis = None if self.act_scale is not None else 0
-        qx, sx = quantize_int8(rows, axis, scale=self.act_scale, narrow_range=self.narrow_range)
+        sx, qx = quantize_int8(rows, axis, scale=self.act_scale, narrow_range=self.narrow_range)
         acc = int8_matmul(qx, self.qweight.t())
         y = acc.to(torch.float32) * sx.reshape(-1, 1) * self.weight_scale.flatten()
         if self.bias is not None:

@@ -82,11 +82,11 @@ def test_quantize_int8_equals_torchao_primitives(shape, axis, narrow_range):
     x = torch.randn(shape, generator=gen) * torch.rand(shape[0], *[1] * (len(shape) - 1)) * 5
     x[0] = 0.0  # a zero slice: per channel it gets the eps scale, exactly as torchao's
     x.view(-1)[1] = x.abs().max() * 3  # an outlier
-    q, scale = quantize_int8(x, axis, narrow_range=narrow_range)
+    scale, q = quantize_int8(x, axis, narrow_range=narrow_range)
     ref_q, ref_scale, ref_x = torchao_int8(x, axis, narrow_range)
     assert q.dtype == torch.int8 and scale.shape == ref_scale.shape
     assert torch.equal(scale, ref_scale) and torch.equal(q, ref_q)
-    assert torch.equal(dequantize_int8(q, scale), ref_x)
+    assert torch.equal(dequantize_int8(scale, q), ref_x)
 
 
 @settings(max_examples=40)
@@ -103,7 +103,7 @@ def test_quantize_int8_equals_torchao_on_random_tensors(
 ):
     x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 2.0**log_scale
     axis = 0 if per_channel else None
-    q, scale = quantize_int8(x, axis, narrow_range=narrow)
+    scale, q = quantize_int8(x, axis, narrow_range=narrow)
     ref_q, ref_scale, _ = torchao_int8(x, axis, narrow)
     assert torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
 
@@ -111,7 +111,7 @@ def test_quantize_int8_equals_torchao_on_random_tensors(
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_are_quantized_from_their_float32_values(dtype):
     x = torch.randn(8, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
-    q, scale = quantize_int8(x, 0)
+    scale, q = quantize_int8(x, 0)
     ref_q, ref_scale, _ = torchao_int8(x.float(), 0, True)
     assert torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
 
@@ -119,10 +119,10 @@ def test_half_inputs_are_quantized_from_their_float32_values(dtype):
 def test_narrow_range_is_symmetric_and_full_range_reaches_minus_128():
     step = 2.0**-4  # scales that are powers of two make every product exact
     x = torch.tensor([-127.0, -64.0, 0.0, 64.0, 127.0]) * step
-    q, scale = quantize_int8(x)
+    scale, q = quantize_int8(x)
     assert float(scale) == step and q.tolist() == [-127, -64, 0, 64, 127]
     x = torch.tensor([-127.5, -64.0, 0.0, 64.0, 127.5]) * step
-    q_full, scale_full = quantize_int8(x, narrow_range=False)
+    scale_full, q_full = quantize_int8(x, narrow_range=False)
     assert float(scale_full) == step
     assert q_full.tolist() == [-128, -64, 0, 64, 127]  # +127.5 rounds to 128, clipped to 127
 
@@ -134,7 +134,7 @@ def test_torchao_configs_store_our_full_range_per_channel_weights(config):
     quantized = torchao_quantize(model, config)
     for name in ("fc1", "fc2", "fc3"):
         w = getattr(quantized, name).weight
-        q, scale = quantize_int8(getattr(model, name).weight.detach(), 0, narrow_range=False)
+        scale, q = quantize_int8(getattr(model, name).weight.detach(), 0, narrow_range=False)
         assert torch.equal(w.qdata, q) and torch.equal(w.scale, scale)
     assert isinstance(quantized.conv1.weight, nn.Parameter)  # convolutions stay float32
     assert quantized.conv1.weight.dtype == torch.float32
@@ -223,7 +223,7 @@ def test_per_channel_beats_per_tensor_with_an_outlier_channel():
         (lambda: quantize_int8(torch.tensor(1.0), axis=0), ValueError, "axis"),
         (lambda: quantize_int8(torch.ones(3), scale=0.0), ValueError, "scale"),
         (lambda: quantize_int8(torch.ones(3), scale=float("nan")), ValueError, "scale"),
-        (lambda: dequantize_int8(torch.ones(3), 1.0), TypeError, "int8"),
+        (lambda: dequantize_int8(1.0, torch.ones(3)), TypeError, "int8"),
         (lambda: int8_scale(-1.0), ValueError, "amax"),
         (lambda: int8_matmul(torch.ones(2, 2), torch.ones(2, 2)), TypeError, "int8"),
         (
@@ -247,13 +247,13 @@ def test_bad_input_is_refused(call, error, match):
 
 
 def test_zero_tensor_and_zero_channel_give_zeros_not_nan():
-    q, scale = quantize_int8(torch.zeros(4, 5))
+    scale, q = quantize_int8(torch.zeros(4, 5))
     assert float(scale) == FP32_EPS and not q.any()
-    assert torch.equal(dequantize_int8(q, scale), torch.zeros(4, 5))
+    assert torch.equal(dequantize_int8(scale, q), torch.zeros(4, 5))
     w = torch.randn(3, 5)
     w[1] = 0.0
-    q, scale = quantize_int8(w, 0)
-    back = dequantize_int8(q, scale)
+    scale, q = quantize_int8(w, 0)
+    back = dequantize_int8(scale, q)
     assert torch.isfinite(back).all() and not back[1].any()
     assert relative_error(torch.zeros(3), torch.zeros(3)) == 0.0
 
@@ -338,7 +338,7 @@ def test_check_per_channel_scale_rejects_wrong_answers(answer, message):
 
 def test_check_per_channel_scale_accepts_keepdim_and_flat_scales():
     assert checks.check_per_channel_scale(good_scale)
-    assert checks.check_per_channel_scale(lambda w: quantize_int8(w, 0)[1])
+    assert checks.check_per_channel_scale(lambda w: quantize_int8(w, 0)[0])
 
 
 def test_check_sensitive_layer_computes_the_truth():
@@ -359,15 +359,15 @@ def test_check_sensitive_layer_computes_the_truth():
 
 def decomposed(x, weight, threshold):
     outliers = (x.abs() > threshold).any(dim=0)
-    qx, sx = quantize_int8(x[:, ~outliers], 0)
-    qw, sw = quantize_int8(weight[:, ~outliers], 0)
+    sx, qx = quantize_int8(x[:, ~outliers], 0)
+    sw, qw = quantize_int8(weight[:, ~outliers], 0)
     inliers = int8_matmul(qx, qw.T).float() * sx * sw.T
     return inliers + x[:, outliers] @ weight[:, outliers].T
 
 
 def plain_int8(x, weight, threshold):
-    qx, sx = quantize_int8(x, 0)
-    qw, sw = quantize_int8(weight, 0)
+    sx, qx = quantize_int8(x, 0)
+    sw, qw = quantize_int8(weight, 0)
     return int8_matmul(qx, qw.T).float() * sx * sw.T
 
 
@@ -386,8 +386,8 @@ def test_check_outlier_matmul_rejects_wrong_answers(answer, message):
 
 def per_tensor_decomposed(x, weight, threshold):
     outliers = (x.abs() > threshold).any(dim=0)
-    qx, sx = quantize_int8(x[:, ~outliers])
-    qw, sw = quantize_int8(weight[:, ~outliers])
+    sx, qx = quantize_int8(x[:, ~outliers])
+    sw, qw = quantize_int8(weight[:, ~outliers])
     return int8_matmul(qx, qw.T).float() * sx * sw + x[:, outliers] @ weight[:, outliers].T
 
 

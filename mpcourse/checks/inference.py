@@ -92,8 +92,8 @@ def check_sensitive_layer(answer: object, model: nn.Module, images: torch.Tensor
 def _decomposed(x: torch.Tensor, w: torch.Tensor, threshold: float) -> torch.Tensor:
     outliers = (x.abs() > threshold).any(dim=0)
     y = x[:, outliers] @ w[:, outliers].T
-    qx, sx = quantize_int8(x[:, ~outliers], 0)
-    qw, sw = quantize_int8(w[:, ~outliers], 0)
+    sx, qx = quantize_int8(x[:, ~outliers], 0)
+    sw, qw = quantize_int8(w[:, ~outliers], 0)
     return y + int8_matmul(qx, qw.T).float() * sx * sw.T
 
 
@@ -104,8 +104,8 @@ def _row_error(exact: torch.Tensor, got: torch.Tensor) -> float:
 
 def _decomposed_per_tensor(x: torch.Tensor, w: torch.Tensor, threshold: float) -> torch.Tensor:
     outliers = (x.abs() > threshold).any(dim=0)
-    qx, sx = quantize_int8(x[:, ~outliers])
-    qw, sw = quantize_int8(w[:, ~outliers])
+    sx, qx = quantize_int8(x[:, ~outliers])
+    sw, qw = quantize_int8(w[:, ~outliers])
     return x[:, outliers] @ w[:, outliers].T + int8_matmul(qx, qw.T).float() * sx * sw
 
 
@@ -152,8 +152,8 @@ def check_outlier_matmul(outlier_matmul: Callable) -> bool:
                     "axis=0))."
                 )
         if err > limit:
-            plain_q, plain_s = quantize_int8(x, 0)
-            qw, sw = quantize_int8(w, 0)
+            plain_s, plain_q = quantize_int8(x, 0)
+            sw, qw = quantize_int8(w, 0)
             plain = relative_error(exact, int8_matmul(plain_q, qw.T).float() * plain_s * sw.T)
             fail(
                 f"for {where} your relative error is {err:.2%} (plain per-row INT8: {plain:.2%}; "
