@@ -27,6 +27,10 @@ os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
 _MODES = ("auto", "strict", "lax")
 
+# The Chinese edition is the English notebooks with their markdown translated: it is
+# checked by comparison (tests/test_i18n.py), not run a second time.
+collect_ignore_glob = ["course/zh/*"]
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):

@@ -128,7 +128,11 @@ def test_math_and_images_render_offline_in_chromium(book: Path):
                     "() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
                     ".map(i => i.src)"
                 )
+                switch = page.locator("a.mpcourse-langswitch")
+                other = switch.get_attribute("href") if switch.count() == 1 else None
                 page.close()
+                assert other == f"zh/{stem}.html", f"{stem}: no link to the Chinese page"
+                assert (book / "course" / "zh" / f"{stem}.html").exists()
                 assert typeset > 0, f"{stem}: no formula typeset by MathJax"
                 assert not raw, f"{stem}: raw TeX left in the page: {raw[:3]}"
                 assert not broken, f"{stem}: images that did not load: {broken[:3]}"
@@ -141,3 +145,14 @@ def test_bit_explorer_is_a_static_figure_in_the_book(book: Path):
     html = (book / "course" / "01_float_formats.html").read_text(encoding="utf-8")
     assert "mpcourse-bit-explorer" in html, "the bit explorer's static figure is missing"
     assert "live" in html.split("mpcourse-bit-explorer", 1)[1][:3000]
+
+
+def test_the_chinese_edition_is_in_the_book(book: Path):
+    """Every chapter has a Chinese page, reached from the Chinese front page."""
+    front = (book / "README.zh-CN.html").read_text(encoding="utf-8")
+    assert "中文版" in front
+    for path in CHAPTERS:
+        page = book / "course" / "zh" / (path.stem + ".html")
+        assert page.exists(), f"{path.stem}: no Chinese page"
+        assert f'href="course/zh/{path.stem}.html"' in front, f"{path.stem} not linked"
+        assert re.search(r"[\u4e00-\u9fff]{20}", page.read_text(encoding="utf-8"))

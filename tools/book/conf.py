@@ -5,7 +5,8 @@ Build it, offline, from the repository root:
     python -m sphinx -W -b html -c tools/book . build/book
 
 The sources are the README (the book's front page, with the chapter table),
-CONTRIBUTING.md and every notebook in course/, rendered by myst-nb with the
+README.zh-CN.md (the Chinese edition's front page), CONTRIBUTING.md, every notebook in
+course/ and its Chinese edition in course/zh/, rendered by myst-nb with the
 outputs they were committed with: nothing is re-executed, nothing is fetched.
 Open build/book/index.html.
 """
@@ -20,7 +21,13 @@ author = "mpcourse developers"
 extensions = ["myst_nb", "sphinx-mathjax-offline"]
 myst_enable_extensions = ["dollarmath", "amsmath"]
 root_doc = "README"
-include_patterns = ["README.md", "CONTRIBUTING.md", "course/[0-9][0-9]_*.ipynb"]
+include_patterns = [
+    "README.md",
+    "README.zh-CN.md",
+    "CONTRIBUTING.md",
+    "course/[0-9][0-9]_*.ipynb",
+    "course/zh/[0-9][0-9]_*.ipynb",  # the Chinese edition (mpcourse.i18n)
+]
 exclude_patterns = ["build", ".venv", "**/.ipynb_checkpoints"]
 nb_execution_mode = "off"  # the committed outputs are the book's outputs
 nb_merge_streams = True
@@ -33,13 +40,19 @@ nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json
 html_theme = "sphinx_book_theme"
 html_title = "mpcourse"
 html_theme_options = {"show_toc_level": 2}
+html_static_path = ["_static"]  # tools/book/_static
+html_js_files = ["langswitch.js"]  # chapter pages link to the other language
 
 
 def _add_toctree(app, docname: str, source: list[str]) -> None:
     """The README is the front page: give it a hidden table of contents (chapters in
     order, then CONTRIBUTING), so that GitHub still shows the README unchanged."""
     if docname == "README":
-        source[0] += "\n\n```{toctree}\n:hidden:\n:glob:\n\ncourse/*\nCONTRIBUTING\n```\n"
+        source[0] += (
+            "\n\n```{toctree}\n:hidden:\n:glob:\n\ncourse/*\nREADME.zh-CN\nCONTRIBUTING\n```\n"
+        )
+    elif docname == "README.zh-CN":  # the Chinese front page and its chapters
+        source[0] += "\n\n```{toctree}\n:hidden:\n:glob:\n\ncourse/zh/*\n```\n"
 
 
 def _index_page(app, exception) -> None:
