@@ -19,7 +19,7 @@ until the cell is translated again. The workflow::
     python -m mpcourse.i18n accept NN cell-012   # the translation now matches en_new
     python -m mpcourse.i18n build       # writes course/zh/*.ipynb
 
-Taught in course/00_setup.ipynb (the Chinese edition).
+Used by README.zh-CN.md (how readers open the Chinese edition) and tests/test_i18n.py.
 """
 
 from __future__ import annotations
