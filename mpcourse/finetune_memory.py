@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lora import add_lora, trainable
 from .lowbit import bytes_per_parameter as lowbit_bytes
 from .master import ledger, tensor_bytes
 from .nf4 import nf4_bits_per_parameter
@@ -113,7 +114,6 @@ def measure_finetune_bytes(
 
     Taught in course/16_finetuning.ipynb.
     """
-    from .finetune import trainable
     from .nf4 import NF4Linear
 
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -138,7 +138,6 @@ def ledger_check(
 
     Taught in course/16_finetuning.ipynb.
     """
-    from .finetune import add_lora, trainable
     from .lowbit import BF16AdamTrainer
     from .master import measure_bytes_per_parameter
     from .nf4 import NF4Linear, quantize_linears
