@@ -104,8 +104,7 @@ def finetune(
 
     Taught in course/16_finetuning.ipynb.
     """
-    from .text import batch  # chapter 15's batches
-    from .transformer import evaluate
+    from .transformer import evaluate, forward_backward  # chapter 15's step
 
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -114,11 +113,9 @@ def finetune(
     run = FinetuneRun()
     model.train()
     for _ in range(steps):
-        x, y = batch(tokens, model.config.block_size, batch_size, gen)
-        with precision.autocast(recipe, device):
-            _, loss = model(x.to(device), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss = forward_backward(
+            model, tokens, opt, scaler, recipe, device, batch_size=batch_size, gen=gen
+        )
         before = [p.detach().clone() for p in params]
         scaler.step(opt)
         scaler.update()
@@ -147,11 +144,11 @@ def pretrained_gpt(steps: int = 100, seed: int = 0, *, cache: bool = True) -> nn
     Taught in course/16_finetuning.ipynb.
     """
     from .text import ByteTokenizer, corpus, fingerprint, split
-    from .transformer import GPT, GPTConfig
+    from .transformer import GPT, GPTConfig, forward_backward
 
     config = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)
     text = corpus("stdlib-docs")
-    code = "".join(inspect.getsource(obj) for obj in (GPT, finetune))
+    code = "".join(inspect.getsource(obj) for obj in (GPT, finetune, forward_backward))
     code_hash = hashlib.sha256(code.encode()).hexdigest()[:8]
     key = f"{fingerprint(text)}-{config.n_layer}x{config.n_embd}-s{steps}-seed{seed}-{code_hash}"
     path = _cache_dir() / f"gpt-{key}-torch{torch.__version__.split('+')[0]}.pt"

@@ -33,8 +33,9 @@ FP32 logits), :func:`activation_ledger` (bytes saved for backward per token per 
 measured) and :func:`ledger_formula` (the same, counted by hand).
 
 Public API (relied on by chapters 15 and 16): ``GPTConfig``, ``GPT``,
-``causal_attention``, ``train_gpt``, ``TrainResult``, ``evaluate``, ``compare_recipes``,
-``format_runs``, ``chunked_cross_entropy``, ``activation_ledger``, ``ledger_formula``.
+``causal_attention``, ``train_gpt``, ``forward_backward``, ``TrainResult``, ``evaluate``,
+``compare_recipes``, ``format_runs``, ``chunked_cross_entropy``, ``activation_ledger``,
+``ledger_formula``.
 
 Taught in course/15_transformers.ipynb.
 """
@@ -63,6 +64,7 @@ __all__ = [
     "compare_recipes",
     "evaluate",
     "format_runs",
+    "forward_backward",
     "train_gpt",
 ]
 
@@ -252,6 +254,33 @@ def evaluate(
     return float(loss)
 
 
+def forward_backward(
+    model: GPT,
+    tokens: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    recipe: str | precision.Recipe,
+    device: torch.device | str,
+    *,
+    batch_size: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The first half of a training step, shared by :func:`train_gpt` and chapter 16's
+    :func:`mpcourse.finetune.finetune`: a batch of ``tokens`` drawn with ``gen``
+    (:func:`mpcourse.text.batch`), the loss under ``recipe``'s autocast, the gradients
+    zeroed, ``scaler.scale(loss).backward()``. Returns the loss; the caller steps
+    (``scaler.step(opt)``, ``scaler.update()``) and looks at what it wants around the step.
+
+    Taught in course/15_transformers.ipynb.
+    """
+    x, y = batch(tokens, model.config.block_size, batch_size, gen)
+    with precision.autocast(recipe, device):
+        _, loss = model(x.to(device), y.to(device))
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    return loss
+
+
 def train_gpt(
     model: GPT,
     tokens: torch.Tensor,
@@ -293,11 +322,9 @@ def train_gpt(
     out = TrainResult(recipe=r.name, losses=[], held_out=None)
     model.train()
     for _ in range(steps):
-        x, y = batch(tokens, model.config.block_size, batch_size, gen)
-        with precision.autocast(r, device):
-            _, loss = model(x.to(device), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        loss = forward_backward(
+            model, tokens, opt, scaler, r, device, batch_size=batch_size, gen=gen
+        )
         scale_before = scaler.get_scale()
         scaler.step(opt)
         scaler.update()

@@ -282,6 +282,18 @@ def expect_equal(
         fail(msg + (f" Hint: {hint}" if hint else ""))
 
 
+def expect_tensor(
+    got: Any, shape: tuple[int, ...], what: str, where: str, *, nonfinite_hint: str | None = None
+) -> None:
+    """Fail unless ``got`` is a tensor of ``shape`` ("``what`` should return a tensor of shape
+    ... ``where``"); with ``nonfinite_hint``, also unless every entry is finite ("``what``
+    returned inf/NaN ``where``: ``nonfinite_hint``")."""
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape):
+        fail(f"{what} should return a tensor of shape {tuple(shape)} {where}, got {_short(got)}.")
+    if nonfinite_hint is not None and not bool(torch.isfinite(got).all()):
+        fail(f"{what} returned inf/NaN {where}: {nonfinite_hint}")
+
+
 def check_function(
     fn: Callable,
     reference: Callable,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._core import call_answer, fail, passed, require_answer
+from ._core import call_answer, expect_tensor, fail, passed, require_answer
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -136,14 +136,15 @@ def _check_safe_inference(safe_forward: Callable, gen: torch.Generator) -> bool:
             for h in handles:
                 h.remove()
         where = f"(a {len(model)}-block model whose block {hot} holds activations ~3e5)"
-        if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-            fail(f"safe_forward should return the model's output, shape {tuple(expected.shape)}.")
-        if not bool(torch.isfinite(got).all()):
-            fail(
-                f"safe_forward returned inf/NaN {where}: some block still overflows FP16. Find "
-                "it with mpcourse.debug.headroom(model, x).overflows(FP16), which names "
-                "submodules such as '2.0': map them to their block '2'."
-            )
+        expect_tensor(
+            got,
+            expected.shape,
+            "safe_forward",
+            where,
+            nonfinite_hint="some block still overflows FP16. Find it with "
+            "mpcourse.debug.headroom(model, x).overflows(FP16), which names submodules such as "
+            "'2.0': map them to their block '2'.",
+        )
         wrong_fp32 = sorted(
             n for n, d in seen.items() if not n.startswith(f"{hot}.") and d != torch.float16
         )

@@ -8,7 +8,15 @@ from collections.abc import Callable
 
 import torch
 
-from ._core import NotAnswered, _error_line, call_answer, fail, passed, require_answer
+from ._core import (
+    NotAnswered,
+    _error_line,
+    call_answer,
+    expect_tensor,
+    fail,
+    passed,
+    require_answer,
+)
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -33,13 +41,15 @@ def check_fp16_scores(scores: Callable) -> bool:
         ref = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(d)
         got = call_answer(scores, q, k, what="scores")
         where = f"for FP16 q, k of shape (2, {T}, {d}) with entries of magnitude {mag:.0f}"
-        if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
-            fail(f"scores should return a tensor of shape {tuple(ref.shape)} {where}.")
-        if not bool(torch.isfinite(got).all()):
-            fail(
-                f"scores returned inf {where}: q @ k^T reaches {ref.abs().max() * math.sqrt(d):.0f}"
-                " > 65504 before the 1/sqrt(d) scale; scale q first or compute in float32."
-            )
+        peak = ref.abs().max() * math.sqrt(d)
+        expect_tensor(
+            got,
+            ref.shape,
+            "scores",
+            where,
+            nonfinite_hint=f"q @ k^T reaches {peak:.0f} > 65504 before the 1/sqrt(d) scale; "
+            "scale q first or compute in float32.",
+        )
         err = ((got.double() - ref).abs() / ref.abs().clamp_min(1.0)).max()
         if err > 1e-2:
             fail(f"scores differ from q @ k^T / sqrt(d) by {float(err):.3g} (relative) {where}.")
@@ -72,8 +82,7 @@ def check_masked_attention(attention: Callable) -> bool:
             got = call_answer(attention, q, k, v, keep, what="attention")
         except NotAnswered:
             raise
-        if not isinstance(got, torch.Tensor) or got.shape != ref.shape:
-            fail(f"attention should return a tensor of shape {tuple(ref.shape)} {where}.")
+        expect_tensor(got, ref.shape, "attention", where)
         if got.dtype != dtype:
             fail(f"attention returned {_name(got.dtype)} {where}: return q's dtype.")
         if bool(torch.isnan(got[0, 0]).any()):
