@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -173,21 +174,16 @@ def train_master(
     model: nn.Module,
     dataset: TensorDataset,
     *,
-    optimizer: str = "sgd",
-    lr: float = 0.01,
-    steps: int = 300,
-    batch_size: int = 64,
-    seed: int = 0,
-    momentum: float = 0.0,
-    eps: float = 1e-8,
     scaler: Scaler | None = None,
     dtype: torch.dtype = torch.float16,
     eval_data: TensorDataset | None = None,
     device: torch.device | str | None = None,
+    **setup: Any,
 ) -> purefp16.History:
     """Chapter 03's experiment (:func:`mpcourse.purefp16.train`) with FP32 master weights.
 
-    Same copy of ``model``, same batches (``purefp16.batches(dataset, batch_size, seed)``),
+    Same settings (``setup``: the fields of :class:`mpcourse.purefp16.TrainSetup`, the same
+    ``SETUP`` dict as chapter 03's ``train``), same copy of ``model``, same batches,
     same loss ``L = mean_i CE(f16(x_i), y_i)`` computed from the FP16 logits, same
     optimizer settings; the only change is the recipe: the optimizer updates FP32
     master weights, the FP16 model gets their rounding. ``lost`` counts the master
@@ -198,18 +194,15 @@ def train_master(
 
     Taught in course/04_master_weights.ipynb.
     """
+    run = purefp16.TrainSetup.of("train_master", setup)
     net = copy.deepcopy(model).float()
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net = net.to(device)
-
-    def make(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        return purefp16.make_optimizer(params, optimizer, lr, momentum=momentum, eps=eps)
-
-    mw = MasterWeights(net, make, scaler=scaler, dtype=dtype)
+    mw = MasterWeights(net, run.make_optimizer, scaler=scaler, dtype=dtype)
     name = "master" if scaler is None else "master+scaling"
-    hist = purefp16.History(precision=name, optimizer=optimizer, lr=lr, model=mw.model)
-    data = purefp16.batches(dataset, batch_size, seed)
-    for step in range(steps):
+    hist = purefp16.History(precision=name, optimizer=run.optimizer, lr=run.lr, model=mw.model)
+    data = run.batches(dataset)
+    for step in range(run.steps):
         x, y = next(data)
         x, y = x.to(device, dtype), y.to(device)
         out = mw.model(x)

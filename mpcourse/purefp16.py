@@ -10,9 +10,9 @@ no FP32 master copy and no loss scaling (chapters 04 and 05 add them).
 :func:`train` runs it and returns a :class:`History` with the loss and
 accuracy per step and, per step, how many weight updates were *attempted*
 (nonzero gradient) and how many were *lost* (the stored weight did not
-change). The building blocks (:func:`make_optimizer`, :func:`lost_updates`,
-:func:`evaluate`, :func:`batches`) are public so that other chapters can
-reuse the same setup, e.g. to add FP32 master weights.
+change). The building blocks (:class:`TrainSetup`, :func:`make_optimizer`,
+:func:`lost_updates`, :func:`evaluate`, :func:`batches`) are public so that other chapters
+can reuse the same setup, e.g. to add FP32 master weights.
 
 Taught in course/03_training_in_pure_fp16.ipynb.
 """
@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ __all__ = [
     "cosine_lr",
     "make_optimizer",
     "batches",
+    "TrainSetup",
     "lost_updates",
     "evaluate",
     "train",
@@ -187,6 +189,50 @@ def lost_updates(before: list[torch.Tensor], params: list[torch.Tensor]) -> tupl
     return attempted, lost
 
 
+@dataclass(frozen=True)
+class TrainSetup:
+    """The run settings that chapter 03's :func:`train` and chapter 04's
+    :func:`mpcourse.master.train_master` share, so that one ``SETUP`` dict means the same run
+    in both: ``optimizer`` (``"sgd"`` with ``momentum`` or ``"adam"`` with ``eps``:
+    :func:`make_optimizer`) at rate ``lr``, for ``steps`` steps on batches of ``batch_size``
+    drawn by :func:`batches` with ``seed``. ``ValueError`` for ``steps`` < 1; :meth:`of`
+    names unknown settings.
+
+    Taught in course/03_training_in_pure_fp16.ipynb.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    steps: int = 300
+    batch_size: int = 64
+    seed: int = 0
+    momentum: float = 0.0
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        positive_int(self.steps, "steps")
+
+    @classmethod
+    def of(cls, caller: str, settings: dict[str, object]) -> TrainSetup:
+        """The setup from a caller's ``**settings``; ``TypeError`` naming any unknown one."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise TypeError(
+                f"{caller} got unknown setting(s) {unknown}; the settings are {known} "
+                "(besides the function's own keywords)"
+            )
+        return cls(**settings)
+
+    def make_optimizer(self, params: object) -> torch.optim.Optimizer:
+        """:func:`make_optimizer` with these settings."""
+        return make_optimizer(params, self.optimizer, self.lr, momentum=self.momentum, eps=self.eps)
+
+    def batches(self, dataset: TensorDataset) -> Iterator[tuple]:
+        """:func:`batches` with these settings."""
+        return batches(dataset, self.batch_size, self.seed)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: TensorDataset, batch_size: int = 512
@@ -211,22 +257,18 @@ def train(
     dataset: TensorDataset,
     *,
     precision: str | Recipe = "fp32",
-    optimizer: str = "sgd",
-    lr: float = 0.01,
-    steps: int = 300,
-    batch_size: int = 64,
-    seed: int = 0,
-    momentum: float = 0.0,
-    eps: float = 1e-8,
     final_lr: float | None = None,
     eval_data: TensorDataset | None = None,
     device: torch.device | str | None = None,
     stop_on_nonfinite: bool = True,
+    **setup: Any,
 ) -> History:
     """Train a *copy* of ``model`` for ``steps`` steps in ``"fp32"`` or ``"pure-fp16"``.
 
     ``precision`` is a recipe of :mod:`mpcourse.precision` whose parameters are
-    what it computes in: ``"fp32"``, ``"pure-fp16"`` or ``"pure-bf16"``.
+    what it computes in: ``"fp32"``, ``"pure-fp16"`` or ``"pure-bf16"``. ``setup``: the
+    fields of :class:`TrainSetup` (``optimizer``, ``lr``, ``steps``, ``batch_size``,
+    ``seed``, ``momentum``, ``eps``), its defaults where left out.
 
     Each step: ``x -> x.to(dtype)``, ``L = mean_i CE(f(x_i), y_i)`` (the loss is
     averaged over the batch, as in the seed), ``L.backward()``, one optimizer
@@ -241,22 +283,23 @@ def train(
     Taught in course/03_training_in_pure_fp16.ipynb.
     """
     name, dtype = _pure_dtype(precision)
-    positive_int(steps, "steps")
+    run = TrainSetup.of("train", setup)
+    lr = run.lr
     if final_lr is not None and not (isinstance(final_lr, (int, float)) and 0 < final_lr <= lr):
         raise ValueError(f"final_lr must be a number in (0, lr={lr}], got {final_lr!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     net = copy.deepcopy(model).to(device=device, dtype=dtype)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = make_optimizer(params, optimizer, lr, momentum=momentum, eps=eps)
-    hist = History(precision=name, optimizer=optimizer, lr=lr, model=net)
-    data = batches(dataset, batch_size, seed)
+    opt = run.make_optimizer(params)
+    hist = History(precision=name, optimizer=run.optimizer, lr=lr, model=net)
+    data = run.batches(dataset)
     net.train()
-    for step in progress(range(steps), desc=f"{name} {optimizer}"):
+    for step in progress(range(run.steps), desc=f"{name} {run.optimizer}"):
         x, y = next(data)
         x, y = x.to(device, dtype), y.to(device)
         if final_lr is not None:
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, steps, lr, final_lr)
+                group["lr"] = cosine_lr(step, run.steps, lr, final_lr)
         out = net(x)
         loss = F.cross_entropy(out, y)
         opt.zero_grad(set_to_none=True)

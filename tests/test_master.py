@@ -229,6 +229,10 @@ def test_train_master_reuses_the_chapter_03_setup() -> None:
     # a scale that overflows every step: all skipped, nothing attempted, weights unchanged
     stuck = train_master(mlp, data, lr=1e-3, steps=5, scaler=StaticLossScaler(2.0**40))
     assert stuck.precision == "master+scaling" and sum(stuck.attempted) == 0
+    with pytest.raises(TypeError, match=r"train_master got unknown setting\(s\) \['precision'\]"):
+        train_master(mlp, data, precision="pure-fp16")  # the recipe is train_master's own
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        train_master(mlp, data, steps=0)  # the same checks as chapter 03's train
     for p, p0 in zip(stuck.model.parameters(), mlp.parameters(), strict=True):
         assert torch.equal(p, p0.half())
 

@@ -102,6 +102,8 @@ def test_bad_arguments(setup):
         first_adam_step(model, *next(batches(tr, 8, 0)), precision="half")
     with pytest.raises(ValueError, match="steps must be a positive int"):
         train(model, tr, steps=0)
+    with pytest.raises(TypeError, match=r"train got unknown setting\(s\) \['step'\]; the settings"):
+        train(model, tr, step=10)
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam', got 'lion'"):
         make_optimizer(model.parameters(), "lion")
     with pytest.raises(ValueError, match="lr must be a positive number"):
