@@ -46,6 +46,7 @@ __all__ = [
     "DynamicLossScaler",
     "StaticLossScaler",
     "found_inf",
+    "scale_trajectory",
 ]
 
 
@@ -534,6 +535,30 @@ def found_inf(
         return False
     per_device = scaler._found_inf_per_device(optimizer)  # the audited private read
     return any(bool(v.item()) for v in per_device.values())
+
+
+def scale_trajectory(
+    overflows: abc.Sequence[bool], scaler: DynamicLossScaler | torch.amp.GradScaler
+) -> list[float]:
+    """``scaler``'s scale after each ``update()`` when step ``i`` overflows exactly where
+    ``overflows[i]`` is true: real ``scale -> backward -> step -> update`` calls on a
+    one-parameter model (SGD, lr 0) whose gradient is set to inf on an overflow step.
+    Chapter 05's prediction exercise checks against it; chapter 17 puts it next to
+    DeepSpeed's scaler.
+
+    Taught in course/05_loss_scaling.ipynb.
+    """
+    out = []
+    for overflow in overflows:
+        w = torch.nn.Parameter(torch.ones(1))
+        opt = torch.optim.SGD([w], lr=0.0)
+        scaler.scale(w.sum()).backward()
+        if overflow:
+            w.grad.fill_(float("inf"))
+        scaler.step(opt)
+        scaler.update()
+        out.append(float(scaler.get_scale()))
+    return out
 
 
 def _check_scale(value: object, name: str) -> None:

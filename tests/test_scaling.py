@@ -519,11 +519,24 @@ def test_check_update_scale() -> None:
             checks.check_update_scale(stub)
 
 
+def test_scale_trajectory_is_gradscalers() -> None:
+    """The course's scaler and torch's GradScaler, stepped for real, give the same scales."""
+    from mpcourse.scaling import scale_trajectory
+
+    events = [True, False, False, False, True, True, False, False, False, False]
+    ours = scale_trajectory(events, DynamicLossScaler(init_scale=2.0**10, growth_interval=2))
+    torchs = scale_trajectory(
+        events, torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    )
+    assert ours == torchs
+    assert ours[:4] == [512.0, 512.0, 1024.0, 1024.0]  # backoff, then growth after 2 clean steps
+
+
 def test_check_scale_trajectory() -> None:
     from mpcourse import checks
-    from mpcourse.checks.scaling import SCALE_EVENTS, scale_trajectory
+    from mpcourse.checks.scaling import SCALE_EVENTS, expected_trajectory
 
-    right = scale_trajectory(SCALE_EVENTS)
+    right = expected_trajectory()
     assert right == [
         65536.0, 32768.0, 16384.0, 16384.0, 16384.0, 32768.0,
         16384.0, 16384.0, 16384.0, 32768.0, 32768.0,

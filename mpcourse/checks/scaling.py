@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..scaling import next_scale
+from ..scaling import DynamicLossScaler, next_scale, scale_trajectory
 from ._core import _short, call_answer, expect_equal, fail, passed, require_answer
 
 FP16_MAX = 65504.0
@@ -103,32 +103,16 @@ SCALE_EVENTS = (False, True, True, False, False, False, True, False, False, Fals
 """The events of the prediction exercise: True = this step's gradients overflowed."""
 
 
-def scale_trajectory(
-    events: Sequence[bool],
-    init_scale: float = 2.0**16,
-    growth_interval: int = 3,
-    growth_factor: float = 2.0,
-    backoff_factor: float = 0.5,
-) -> list[float]:
-    """The scale after each ``update()`` for a sequence of overflow events."""
-    scale, tracker, out = init_scale, 0, []
-    for found in events:
-        scale, tracker = next_scale(
-            scale,
-            tracker,
-            found,
-            growth_factor=growth_factor,
-            backoff_factor=backoff_factor,
-            growth_interval=growth_interval,
-        )
-        out.append(scale)
-    return out
+def expected_trajectory() -> list[float]:
+    """The scales the prediction exercise expects: the course's scaler (init 2^16,
+    growth_interval 3) on ``SCALE_EVENTS``."""
+    return scale_trajectory(SCALE_EVENTS, DynamicLossScaler(init_scale=2.0**16, growth_interval=3))
 
 
 def check_scale_trajectory(answer: Sequence[float]) -> bool:
     """Check the predicted scales after each step of ``SCALE_EVENTS``."""
     require_answer(answer, "`answer` (a list of 11 scales)")
-    expected = scale_trajectory(SCALE_EVENTS)
+    expected = expected_trajectory()
     try:
         got = [float(a) for a in answer]
     except (TypeError, ValueError):

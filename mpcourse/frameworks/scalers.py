@@ -24,19 +24,8 @@ from unittest import mock
 
 import torch
 
-from ..scaling import DynamicLossScaler
+from ..scaling import DynamicLossScaler, scale_trajectory
 from ._harness import quiet
-
-
-def _ours_step(scaler: DynamicLossScaler, overflow: bool) -> None:
-    """One real step of the course's scaler on a one-parameter model."""
-    w = torch.nn.Parameter(torch.ones(1))
-    opt = torch.optim.SGD([w], lr=0.0)
-    scaler.scale(w.sum()).backward()
-    if overflow:
-        w.grad.fill_(float("inf"))
-    scaler.step(opt)
-    scaler.update()
 
 
 def compare_scalers(
@@ -52,7 +41,8 @@ def compare_scalers(
     per iteration: ``step``, ``overflow``, ``ours`` (scale after the update),
     ``deepspeed`` (its scale after the update, or ``"raised"`` once it gave up) and
     ``hysteresis`` (DeepSpeed's counter after the update). The course's scaler runs real
-    ``scale``/``step``/``update`` calls with ``growth_interval=window``; DeepSpeed's is
+    ``scale``/``step``/``update`` calls with ``growth_interval=window``
+    (:func:`mpcourse.scaling.scale_trajectory`); DeepSpeed's is
     constructed with the same init scale and window and driven by ``update_scale``.
 
     Taught in course/17_frameworks.ipynb.
@@ -61,7 +51,7 @@ def compare_scalers(
 
     if window < 1 or hysteresis < 1:
         raise ValueError(f"window and hysteresis must be >= 1, got {window}, {hysteresis}")
-    ours = DynamicLossScaler(init_scale=init_scale, growth_interval=window)
+    ours = scale_trajectory(overflows, DynamicLossScaler(init_scale, growth_interval=window))
     theirs = ds_scaler.DynamicLossScaler(
         init_scale=init_scale, scale_window=window, min_scale=min_scale,
         delayed_shift=hysteresis, consecutive_hysteresis=consecutive_hysteresis,
@@ -71,7 +61,6 @@ def compare_scalers(
     # update_scale asks deepspeed.comm for the rank (to log on rank 0 only): one process.
     with mock.patch.object(ds_scaler.dist, "get_rank", lambda *a, **k: 0), quiet([]):
         for i, overflow in enumerate(overflows):
-            _ours_step(ours, bool(overflow))
             if not gave_up:
                 try:
                     theirs.update_scale(bool(overflow))
@@ -80,7 +69,7 @@ def compare_scalers(
                         raise
                     gave_up = True
             rows.append({
-                "step": i, "overflow": bool(overflow), "ours": ours.get_scale(),
+                "step": i, "overflow": bool(overflow), "ours": ours[i],
                 "deepspeed": "raised" if gave_up else theirs.cur_scale,
                 "hysteresis": None if gave_up else theirs.cur_hysteresis,
             })  # fmt: skip
