@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -160,24 +161,30 @@ def sync(notebook: Path, lang: str = "zh_CN") -> Status:
     """Bring a catalogue in line with its notebook; return what is left to translate.
 
     A cell whose English matches an entry's hash keeps that translation (re-keyed
-    if the cell moved); a new cell gets an entry with an empty ``text``; a changed
-    cell keeps its old translation, with the new English under ``en_new``.
+    if the cell moved: ids are positions); a changed cell keeps the translation of
+    the most similar old English (``difflib`` ratio at least ``0.6``), with the new
+    English under ``en_new``; any other cell gets an entry with an empty ``text``.
     """
     path = catalogue_path(notebook, lang)
     old = load(path)
-    by_sha = {e.get("sha"): e for e in old.values() if "en_new" not in e}
+    cells = _markdown(_read(notebook))
+    by_sha = {e.get("sha"): cid for cid, e in old.items() if "en_new" not in e}
     new: dict[str, dict] = {}
-    for cid, text in _markdown(_read(notebook)):
-        h = sha(text)
-        if cid in old and old[cid].get("sha") == h:
-            new[cid] = old[cid]
-        elif h in by_sha:
-            new[cid] = by_sha[h]
-        elif cid in old and str(old[cid].get("text", "")).strip():
-            new[cid] = {**old[cid], "en_new": text}
+    for cid, text in cells:
+        if sha(text) in by_sha:
+            new[cid] = old[by_sha.pop(sha(text))]
+    pool = {c: e for c, e in old.items() if c in by_sha.values() or "en_new" in e}
+    pool = {c: e for c, e in pool.items() if str(e.get("text", "")).strip()}
+    for cid, text in cells:
+        if cid in new:
+            continue
+        ratio = {c: difflib.SequenceMatcher(None, e["en"], text).ratio() for c, e in pool.items()}
+        best = max(ratio, key=ratio.get, default=None)
+        if best is not None and ratio[best] >= 0.6:
+            new[cid] = {**pool.pop(best), "en_new": text}
         else:
-            new[cid] = {"sha": h, "en": text, "text": ""}
-    save(path, new)
+            new[cid] = {"sha": sha(text), "en": text, "text": ""}
+    save(path, {cid: new[cid] for cid, _ in cells})
     return status(notebook, lang)
 
 

@@ -139,3 +139,41 @@ def test_readme_in_chinese_has_the_same_two_commands():
         assert block[0] == block[1], f"README.zh-CN.md's {marker} differs from README.md's"
     for term in GLOSSARY:
         assert term["zh"] in zh, f"README.zh-CN.md's glossary lacks {term['zh']}"
+
+
+def _notebook(path: Path, texts: list[str]) -> Path:
+    cells = [nbformat.v4.new_markdown_cell(t) for t in texts]
+    cells.insert(1, nbformat.v4.new_code_cell("x = 1"))
+    for i, cell in enumerate(cells):
+        cell["id"] = f"cell-{i:03d}"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    return path
+
+
+def test_sync_marks_changed_english_stale_and_keeps_moved_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(i18n, "COURSE", tmp_path)
+    nb = _notebook(tmp_path / "99_demo.ipynb", ["# Title", "Loss scaling."])
+    assert i18n.sync(nb).missing == ["cell-000", "cell-002"]
+    cat = i18n.load(i18n.catalogue_path(nb))
+    cat["cell-000"]["text"], cat["cell-002"]["text"] = "# 标题", "损失缩放。"
+    i18n.save(i18n.catalogue_path(nb), cat)
+    assert i18n.status(nb).ok
+    with pytest.raises(ValueError, match="unknown language"):
+        i18n.status(nb, "fr_FR")
+    # the English of one cell changes, and a new cell moves the other one down
+    _notebook(nb, ["# Title", "New first paragraph.", "Loss scaling, changed."])
+    st = i18n.sync(nb)
+    assert st.missing == ["cell-002"] and st.stale == ["cell-003"] and not st.orphans
+    cat = i18n.load(i18n.catalogue_path(nb))
+    assert cat["cell-003"]["en_new"] == "Loss scaling, changed."
+    with pytest.raises(ValueError, match="cannot translate"):
+        i18n.translate(nb)
+    cat["cell-002"]["text"], cat["cell-003"]["text"] = "新的第一段。", "损失缩放（已改）。"
+    i18n.save(i18n.catalogue_path(nb), cat)
+    i18n.accept(nb, "cell-003")
+    assert i18n.status(nb).ok
+    out = i18n.translate(nb)
+    assert [c["source"] for c in out["cells"]][0] == ["# 标题"]
+    assert "".join(out["cells"][1]["source"]) == "x = 1"  # code untouched
+    with pytest.raises(ValueError, match="no changed English"):
+        i18n.accept(nb, "cell-003")
