@@ -34,12 +34,22 @@ from typing import NamedTuple
 
 import torch
 
-from .formats import FP4_E2M1, FP6_E2M3, FP8_E4M3, MX_ELEMENT_FORMATS, FloatFormat, round_to
+from .formats import (
+    FP4_E2M1,
+    FP6_E2M3,
+    FP6_E3M2,
+    FP8_E4M3,
+    FP8_E5M2,
+    MX_ELEMENT_FORMATS,
+    FloatFormat,
+    round_to,
+)
 from .fp8 import compute_scale, fake_quantize
 from .numerics import relative_error
 from .validate import float_tensor
 
 __all__ = [
+    "torchao_elem_dtype",
     "E8M0_BIAS",
     "e8m0_encode",
     "e8m0_decode",
@@ -545,6 +555,23 @@ def outlier_channels(
 
 
 # --- torchao, imported quietly ----------------------------------------------------------------
+
+
+def torchao_elem_dtype(fmt: FloatFormat) -> torch.dtype | str:
+    """The ``elem_dtype`` torchao's ``to_mx``/``to_dtype`` take for one of our MX element
+    formats (torch dtypes for FP8 and FP4, torchao's string names for the FP6 formats)."""
+    table = {
+        FP8_E4M3: torch.float8_e4m3fn,
+        FP8_E5M2: torch.float8_e5m2,
+        FP6_E2M3: "fp6_e2m3",
+        FP6_E3M2: "fp6_e3m2",
+        FP4_E2M1: torch.float4_e2m1fn_x2,
+    }
+    if fmt not in table:
+        raise ValueError(
+            f"torchao has no MX element dtype for {fmt.name}: use one of {[f.name for f in table]}"
+        )
+    return table[fmt]
 
 
 def import_torchao_mx() -> tuple[object, object]:

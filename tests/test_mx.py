@@ -10,7 +10,6 @@ import torch
 
 from mpcourse.formats import (
     BF16,
-    FP4_E2M1,
     FP6_E2M3,
     FP6_E3M2,
     FP8_E4M3,
@@ -33,18 +32,11 @@ from mpcourse.mx import (
     nvfp4_dequantize,
     nvfp4_fake_quantize,
     nvfp4_quantize,
+    torchao_elem_dtype,
 )
 
 MXT, NVT = import_torchao_mx()
 from torchao.prototype.mx_formats import kernels as K  # noqa: E402
-
-TORCHAO = {
-    FP8_E4M3: torch.float8_e4m3fn,
-    FP8_E5M2: torch.float8_e5m2,
-    FP6_E2M3: "fp6_e2m3",
-    FP6_E3M2: "fp6_e3m2",
-    FP4_E2M1: torch.float4_e2m1fn_x2,
-}
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -88,7 +80,7 @@ def edge_tensor(seed: int) -> torch.Tensor:
 def test_mx_quantize_equals_torchao_to_mx_floor(fmt, seed):
     x = edge_tensor(seed)
     scale, q = mx_quantize(x, fmt)
-    t_scale, t_data = MXT.to_mx(x, TORCHAO[fmt], 32)  # FLOOR is the default scale mode
+    t_scale, t_data = MXT.to_mx(x, torchao_elem_dtype(fmt), 32)  # FLOOR is the default scale mode
     assert torch.equal(e8m0_encode(scale), t_scale.view(torch.uint8))  # every scale
     t_q = torchao_elements(fmt, t_data, x.shape)
     smallest = (scale == 2.0**-127).repeat_interleave(32, -1)
@@ -100,7 +92,7 @@ def test_mx_quantize_equals_torchao_to_mx_floor(fmt, seed):
     assert same_bits(t_q[smallest], round_to(xb / 2.0**-126, fmt, saturate=True)).all()
     # dequantized values equal torchao's too, outside the 2^-127 blocks
     ours = mx_dequantize(scale, q)
-    theirs = MXT.to_dtype(t_data, t_scale, TORCHAO[fmt], 32, torch.float32)
+    theirs = MXT.to_dtype(t_data, t_scale, torchao_elem_dtype(fmt), 32, torch.float32)
     assert same_bits(ours, theirs)[~smallest].all()
 
 
@@ -129,7 +121,7 @@ def test_mx_scale_rule_and_edge_blocks(fmt):
     y[9, 100] = math.nan
     s2, q2 = mx_quantize(y, fmt)
     assert s2[9, 3].isnan() and e8m0_encode(s2)[9, 3] == 255 and q2[9, 96:128].isnan().all()
-    t_scale, _ = MXT.to_mx(y, TORCHAO[fmt], 32)
+    t_scale, _ = MXT.to_mx(y, torchao_elem_dtype(fmt), 32)
     assert t_scale.view(torch.uint8)[9, 3] == 255
     assert mx_dequantize(s2, q2)[9, 96:128].isnan().all()
     assert same_bits(s2[~s2.isnan()], scale[~s2.isnan()]).all()
@@ -152,7 +144,7 @@ def test_mx_works_on_bfloat16_and_any_leading_shape():
     x = torch.randn(2, 3, 64).bfloat16()
     s, q = mx_quantize(x, FP6_E3M2, block_size=16)
     assert s.shape == (2, 3, 4) and q.shape == x.shape and q.dtype == torch.float32
-    t_s, t_d = MXT.to_mx(x, TORCHAO[FP6_E3M2], 16)
+    t_s, t_d = MXT.to_mx(x, torchao_elem_dtype(FP6_E3M2), 16)
     assert torch.equal(e8m0_encode(s), t_s.view(torch.uint8))
     assert same_bits(q, torchao_elements(FP6_E3M2, t_d, x.shape)).all()
     assert torch.equal(mx_fake_quantize(x, FP6_E3M2, 16), mx_dequantize(s, q))

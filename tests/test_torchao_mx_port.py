@@ -80,7 +80,15 @@ import math
 import pytest
 import torch
 
-from mpcourse.formats import FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, fields, round_to
+from mpcourse.formats import (
+    FP4_E2M1,
+    FP6_E2M3,
+    FP6_E3M2,
+    FP8_E4M3,
+    MX_ELEMENT_FORMATS,
+    fields,
+    round_to,
+)
 from mpcourse.mx import (
     _rceil_exponent,
     e8m0_encode,
@@ -89,18 +97,12 @@ from mpcourse.mx import (
     mx_quantize,
     nvfp4_dequantize,
     nvfp4_quantize,
+    torchao_elem_dtype,
 )
 
 MXT, NVT = import_torchao_mx()
 from torchao.prototype.mx_formats.config import ScaleCalculationMode  # noqa: E402
 
-TORCHAO = {
-    FP8_E4M3: torch.float8_e4m3fn,
-    FP8_E5M2: torch.float8_e5m2,
-    FP6_E2M3: "fp6_e2m3",
-    FP6_E3M2: "fp6_e3m2",
-    FP4_E2M1: torch.float4_e2m1fn_x2,
-}
 MODES = {"floor": ScaleCalculationMode.FLOOR, "rceil": ScaleCalculationMode.RCEIL}
 
 
@@ -298,7 +300,7 @@ def test_to_mx_rceil(case):
 
 
 @pytest.mark.parametrize("mode", ["floor", "rceil"])
-@pytest.mark.parametrize("fmt", list(TORCHAO), ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", list(MX_ELEMENT_FORMATS), ids=lambda f: f.name)
 def test_realistic_numerics_shapes_and_torchao_018(fmt, mode):
     """_test_mx via test_realistic_numerics, test_hello_world, test_ranks, test_block_sizes,
     test_all_zeros, test_some_zeros: SQNR thresholds and scale shapes; and the same bits as
@@ -315,8 +317,8 @@ def test_realistic_numerics_shapes_and_torchao_018(fmt, mode):
         assert scale.shape == (*shape[:-1], shape[-1] // block)
         assert sqnr(x, y) >= threshold, (shape, block)
         if block % 2 == 0:
-            t_scale, t_data = MXT.to_mx(x, TORCHAO[fmt], block, scaling_mode=MODES[mode])
-            t_y = MXT.to_dtype(t_data, t_scale, TORCHAO[fmt], block, torch.float32)
+            t_scale, t_data = MXT.to_mx(x, torchao_elem_dtype(fmt), block, scaling_mode=MODES[mode])
+            t_y = MXT.to_dtype(t_data, t_scale, torchao_elem_dtype(fmt), block, torch.float32)
             assert torch.equal(e8m0_encode(scale), t_scale.view(torch.uint8))
             assert torch.equal(y, t_y)
     zeros = torch.zeros(4, 4)
@@ -328,7 +330,7 @@ def test_realistic_numerics_shapes_and_torchao_018(fmt, mode):
 
 
 @pytest.mark.parametrize("mode", ["floor", "rceil"])
-@pytest.mark.parametrize("fmt", list(TORCHAO), ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", list(MX_ELEMENT_FORMATS), ids=lambda f: f.name)
 def test_exponent_nan_in_and_out(fmt, mode):
     """test_exponent_nan_in, test_all_nan_blocks, test_exponent_nan_out."""
     nan = math.nan
