@@ -19,6 +19,10 @@ Two modes (see :func:`student_mode`):
 :func:`wrap_check` puts every ``checks.check_*`` behind this switch (done once,
 for all chapters, in ``mpcourse/checks/__init__.py``).
 
+With ``MPCOURSE_LANG=zh_CN`` the lines a student sees (``Correct: ...`` and the one-line
+report) are in Chinese, from the templates of ``messages_zh_CN.yaml`` (:func:`localize`);
+the exceptions' own messages stay English.
+
 Taught in course/00_setup.ipynb (how exercises work).
 """
 
@@ -27,6 +31,8 @@ from __future__ import annotations
 import functools
 import linecache
 import math
+import os
+import re
 import sysconfig
 import traceback
 from collections.abc import Callable, Iterable
@@ -35,6 +41,7 @@ from types import TracebackType
 from typing import Any
 
 import torch
+import yaml
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])
 _LIBRARIES = tuple(
@@ -42,6 +49,57 @@ _LIBRARIES = tuple(
     for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
 )
 _STUDENT_MODE = False
+_CATALOGUE = Path(__file__).with_name("messages_zh_CN.yaml")
+_FIELD = re.compile(r"\{(\d+)\}")
+
+
+def _in_chinese() -> bool:
+    """Whether ``MPCOURSE_LANG`` asks for Chinese (``zh_CN``, also ``zh-CN``, ``zh_CN.UTF-8``)."""
+    return os.environ.get("MPCOURSE_LANG", "").split(".")[0].replace("-", "_") == "zh_CN"
+
+
+@functools.cache
+def _catalogue() -> dict[str, str]:
+    return yaml.safe_load(_CATALOGUE.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _templates() -> list[tuple[re.Pattern[str], str]]:
+    """The catalogue's (English pattern, Chinese template) pairs, longest English first."""
+    pairs = []
+    for english in sorted(_catalogue(), key=len, reverse=True):
+        parts = _FIELD.split(english)  # literal, field number, literal, ...
+        pattern = "".join(
+            re.escape(part) if i % 2 == 0 else f"(?P<f{part}>.*?)" for i, part in enumerate(parts)
+        )
+        pairs.append((re.compile(pattern, re.DOTALL), _catalogue()[english]))
+    return pairs
+
+
+def localize(message: str, _depth: int = 0) -> str:
+    """``message`` in Chinese when ``MPCOURSE_LANG=zh_CN`` (read at each call), else unchanged.
+
+    The message is matched against the English templates of ``messages_zh_CN.yaml`` (each
+    ``{n}`` a non-greedy group); the first (longest) that matches gives the Chinese template,
+    filled with the captured values, themselves localized (a hint inside a message). A message
+    that matches no template stays English.
+    """
+    if not _in_chinese() or _depth > 3:
+        return message
+    for pattern, chinese in _templates():
+        match = pattern.fullmatch(message)
+        if match:
+            values = {k[1:]: localize(v, _depth + 1) for k, v in match.groupdict().items()}
+            return _FIELD.sub(lambda m, values=values: values[m.group(1)], chinese)
+    return message
+
+
+def _labelled(label: str, message: str) -> str:
+    """The line a student sees, ``<label>: <message>``; in Chinese the catalogue's
+    ``"<label>: {0}"`` with the message localized."""
+    if not _in_chinese():
+        return f"{label}: {message}"
+    return _catalogue()[f"{label}: {{0}}"].replace("{0}", localize(message))
 
 
 class CheckFailed(AssertionError):
@@ -51,7 +109,8 @@ class CheckFailed(AssertionError):
 
     def report(self) -> str:
         """The one line a student sees: ``Not correct yet: <what is wrong>``."""
-        return f"{self.label}: {' '.join(str(self).split())}"  # one line, whatever the message
+        text = " ".join(str(self).split())  # one line, whatever the message
+        return _labelled(self.label, text)
 
     def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
         return [self.report()]
@@ -204,7 +263,7 @@ class Passed(_Verdict):
 
 def passed(message: str) -> Passed:
     """Report success the same way in every check."""
-    print(f"Correct: {message}")
+    print(_labelled("Correct", message))
     return Passed(message)
 
 
